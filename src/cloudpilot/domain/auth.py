@@ -1,0 +1,28 @@
+"""Who is calling: roles and the scope a token carries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Role(StrEnum):
+    ADMIN = "admin"
+    USER = "user"
+    PILOT = "pilot"
+    SITE = "site"
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The identity behind a valid token. ``vo`` scopes users and pilots, ``site`` scopes site admins."""
+
+    token_id: str
+    role: Role
+    name: str
+    vo: str | None = None
+    site: str | None = None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role is Role.ADMIN

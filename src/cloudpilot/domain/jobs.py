@@ -1,0 +1,197 @@
+"""Jobs: their description, their states and the one table of allowed transitions."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from cloudpilot.domain.errors import IllegalTransition
+
+
+class JobState(StrEnum):
+    WAITING = "waiting"
+    MATCHED = "matched"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    KILLED = "killed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATES
+
+
+FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.KILLED})
+ACTIVE_STATES = frozenset({JobState.MATCHED, JobState.RUNNING})
+
+# The single source of truth for job state changes. ``waiting`` is re-entered when a lease is lost.
+JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.WAITING: frozenset({JobState.MATCHED, JobState.KILLED}),
+    JobState.MATCHED: frozenset({JobState.RUNNING, JobState.WAITING, JobState.FAILED, JobState.KILLED}),
+    JobState.RUNNING: frozenset({JobState.DONE, JobState.FAILED, JobState.WAITING, JobState.KILLED}),
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.KILLED: frozenset(),
+}
+
+
+def can_transition(current: JobState, target: JobState) -> bool:
+    return target in JOB_TRANSITIONS[current]
+
+
+def check_transition(job_id: object, current: JobState | str, target: JobState | str) -> None:
+    """Raise :class:`IllegalTransition` unless the table allows ``current -> target``."""
+    cur, tgt = JobState(current), JobState(target)
+    if not can_transition(cur, tgt):
+        raise IllegalTransition("job", job_id, cur.value, tgt.value)
+
+
+def states_that_may_become(target: JobState) -> frozenset[JobState]:
+    """The states from which ``target`` is reachable in one step (used to guard SQL updates)."""
+    return frozenset(s for s, allowed in JOB_TRANSITIONS.items() if target in allowed)
+
+
+class SiteFilter(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    allow: tuple[str, ...] = ()
+    deny: tuple[str, ...] = ()
+
+    def admits(self, site: str | None) -> bool:
+        if site is not None and site in self.deny:
+            return False
+        if self.allow:
+            return site is not None and site in self.allow
+        return True
+
+
+class Requirements(BaseModel):
+    """What a job needs from the slot that runs it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cores: int = Field(1, ge=1, le=1024)
+    memory_mb: int | None = Field(None, ge=1)
+    wall_seconds: int | None = Field(None, ge=1, description="Wall-time limit; the server's default applies if unset.")
+    tags: tuple[str, ...] = ()
+    sites: SiteFilter = SiteFilter()
+
+    @field_validator("tags")
+    @classmethod
+    def _sorted_tags(cls, tags: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not t or not t.strip() for t in tags):
+            raise ValueError("tags must be non-empty strings")
+        return tuple(sorted(set(tags)))
+
+
+MAX_NAME = 200
+
+
+class JobSpec(BaseModel):
+    """A job as a user describes it. Unknown fields are rejected, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("job", min_length=1, max_length=MAX_NAME)
+    executable: str = Field(min_length=1, max_length=4096)
+    arguments: list[str] = []
+    environment: dict[str, str] = {}
+    input_files: list[str] = Field([], description="Names of the files in the input sandbox.")
+    input_sandbox: str | None = Field(
+        None, description="Content id of the uploaded input sandbox (set by the client when it uploads input_files)."
+    )
+    output_files: list[str] = Field([], description="Globs collected from the working directory after the run.")
+    requirements: Requirements = Requirements()
+    priority: int = Field(0, ge=-1000, le=1000)
+    max_attempts: int = Field(3, ge=1, le=100)
+
+    @field_validator("environment")
+    @classmethod
+    def _env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not key or "=" in key or "\0" in key:
+                raise ValueError(f"invalid environment variable name {key!r}")
+        return env
+
+    @field_validator("input_files", "output_files")
+    @classmethod
+    def _relative_paths(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            if not p or p.startswith("/") or ".." in p.split("/"):
+                raise ValueError(f"{p!r} must be a relative path inside the job's working directory")
+        return paths
+
+
+class ParametricSpec(BaseModel):
+    """One description expanded into many jobs: ``{n}`` in any string is replaced by each value of the range."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: JobSpec
+    parameter_start: int = 0
+    parameter_count: int = Field(ge=1)
+    parameter_step: int = 1
+
+
+def expand_parametric(spec: ParametricSpec) -> list[JobSpec]:
+    """Substitute ``{n}`` in the string fields of the template for each parameter value."""
+    template = spec.job.model_dump(mode="json")
+    jobs: list[JobSpec] = []
+    for i in range(spec.parameter_count):
+        n = str(spec.parameter_start + i * spec.parameter_step)
+        jobs.append(JobSpec.model_validate(_substitute(template, n)))
+    return jobs
+
+
+def _substitute(value: object, n: str) -> object:
+    if isinstance(value, str):
+        return value.replace("{n}", n)
+    if isinstance(value, list):
+        return [_substitute(v, n) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, n) for k, v in value.items()}
+    return value
+
+
+class JobEvent(BaseModel):
+    """One entry of a job's history."""
+
+    at: float
+    from_state: JobState | None
+    to_state: JobState
+    reason: str = ""
+
+
+class Job(BaseModel):
+    """A stored job: its description, where it is in its life, and what happened to it."""
+
+    id: int
+    vo: str
+    owner: str
+    name: str
+    spec: JobSpec
+    state: JobState
+    priority: int
+    cores: int
+    wall_seconds: int
+    attempts: int
+    max_attempts: int
+    exit_code: int | None = None
+    failure_reason: str | None = None
+    pilot_id: str | None = None
+    lease_expires_at: float | None = None
+    submitted_at: float
+    updated_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    output_sandbox: str | None = None
+    cpu_seconds: float | None = None
+    max_rss_bytes: int | None = None
+    progress: str | None = None
+    kill_requested: bool = False
+
+    @property
+    def lease_token(self) -> int:
+        """The fencing token of the current lease: the attempt number it was handed out with."""
+        return self.attempts

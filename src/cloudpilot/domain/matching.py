@@ -1,0 +1,74 @@
+"""What a pilot offers and what the task queue groups jobs by."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloudpilot.domain.jobs import Requirements
+
+
+class Offer(BaseModel):
+    """A pilot's free resources when it asks for work."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    cores: int = Field(1, ge=1)
+    memory_mb: int | None = Field(None, ge=1, description="Free memory; unset means not limited.")
+    seconds_left: int | None = Field(None, ge=0, description="Wall seconds the slot can still give; unset: no limit.")
+    tags: tuple[str, ...] = ()
+    site: str | None = None
+    cloud: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskQueue:
+    """A class of waiting jobs that share an owner and identical requirements (DIRAC's task queue).
+
+    The matcher ranks these few hundred classes instead of the millions of jobs in them.
+    """
+
+    id: int
+    vo: str
+    owner: str
+    priority: int
+    cores: int
+    memory_mb: int | None
+    wall_seconds: int
+    tags: frozenset[str]
+    sites_allow: frozenset[str]
+    sites_deny: frozenset[str]
+
+
+def task_queue_key(vo: str, owner: str, priority: int, req: Requirements, wall_seconds: int) -> str:
+    """A stable digest of everything that makes two jobs interchangeable for the matcher."""
+    doc = {
+        "vo": vo,
+        "owner": owner,
+        "priority": priority,
+        "cores": req.cores,
+        "memory_mb": req.memory_mb,
+        "wall_seconds": wall_seconds,
+        "tags": sorted(req.tags),
+        "allow": sorted(req.sites.allow),
+        "deny": sorted(req.sites.deny),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def fits(tq: TaskQueue, offer: Offer) -> bool:
+    """Whether every job of ``tq`` may run in the slot ``offer`` describes."""
+    if tq.cores > offer.cores:
+        return False
+    if tq.memory_mb is not None and offer.memory_mb is not None and tq.memory_mb > offer.memory_mb:
+        return False
+    if offer.seconds_left is not None and tq.wall_seconds > offer.seconds_left:
+        return False
+    if tq.tags and not tq.tags.issubset(offer.tags):
+        return False
+    if offer.site is not None and offer.site in tq.sites_deny:
+        return False
+    return not tq.sites_allow or offer.site in tq.sites_allow

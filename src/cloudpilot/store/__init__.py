@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy Core tables behind small repositories, on SQLite (WAL) or PostgreSQL."""

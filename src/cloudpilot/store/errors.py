@@ -1,0 +1,23 @@
+"""Errors of the store.
+
+    StoreError
+    ├── NotFound        no row with that id (or not visible to the caller)
+    ├── LeaseConflict   a report whose fencing token is not the job's current lease
+    └── Conflict        the row changed state under the caller (e.g. a final job)
+"""
+
+
+class StoreError(Exception):
+    """Root of the store's errors."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    pass
+
+
+class LeaseConflict(Conflict):
+    pass

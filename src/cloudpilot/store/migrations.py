@@ -1,0 +1,59 @@
+"""Schema migrations: an ordered list of steps, each applied once and recorded in ``schema_migrations``.
+
+A new schema change is a new function appended to ``MIGRATIONS``; steps already applied are never edited.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from sqlalchemy import Connection, inspect, select
+
+from cloudpilot.store import schema
+from cloudpilot.store.database import Database
+
+
+def _initial(conn: Connection) -> None:
+    tables = [
+        schema.tokens,
+        schema.task_queues,
+        schema.jobs,
+        schema.job_events,
+        schema.pilots,
+        schema.usage,
+        schema.sandboxes,
+    ]
+    schema.metadata.create_all(conn, tables=tables)
+
+
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+
+def current_version(db: Database) -> int:
+    with db.read() as conn:
+        if not inspect(conn).has_table("schema_migrations"):
+            return 0
+        versions = conn.execute(select(schema.schema_migrations.c.version)).scalars().all()
+        return max(versions, default=0)
+
+
+def upgrade(db: Database, target: int = LATEST) -> list[int]:
+    """Apply every migration above the current version up to ``target``; return the versions applied."""
+    applied: list[int] = []
+    with db.write() as conn:
+        schema.metadata.create_all(conn, tables=[schema.schema_migrations])
+        done = set(conn.execute(select(schema.schema_migrations.c.version)).scalars())
+        for version, name, step in MIGRATIONS:
+            if version in done or version > target:
+                continue
+            step(conn)
+            conn.execute(
+                schema.schema_migrations.insert().values(version=version, name=name, applied_at=time.time())
+            )
+            applied.append(version)
+    return applied

@@ -1,0 +1,140 @@
+"""The tables. Times are UNIX seconds (float) so SQLite and PostgreSQL compare them the same way."""
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY, PostgreSQL wants BIGINT for a million-job queue.
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+schema_migrations = Table(
+    "schema_migrations",
+    metadata,
+    Column("version", Integer, primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("applied_at", Float, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("secret_hash", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("vo", String(100)),
+    Column("site", String(100)),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float),
+    Column("revoked_at", Float),
+)
+
+task_queues = Table(
+    "task_queues",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("key", String(64), nullable=False, unique=True),
+    Column("vo", String(100), nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("cores", Integer, nullable=False),
+    Column("memory_mb", Integer),
+    Column("wall_seconds", Integer, nullable=False),
+    Column("tags", Text, nullable=False),  # JSON list
+    Column("sites_allow", Text, nullable=False),  # JSON list
+    Column("sites_deny", Text, nullable=False),  # JSON list
+    Column("created_at", Float, nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("tq_id", Id, ForeignKey("task_queues.id"), nullable=False),
+    Column("vo", String(100), nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("spec", Text, nullable=False),  # JSON of the JobSpec
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("cores", Integer, nullable=False),
+    Column("wall_seconds", Integer, nullable=False),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("max_attempts", Integer, nullable=False),
+    Column("exit_code", Integer),
+    Column("failure_reason", Text),
+    Column("pilot_id", String(64)),
+    Column("lease_expires_at", Float),
+    Column("submitted_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("finished_at", Float),
+    Column("output_sandbox", String(80)),
+    Column("cpu_seconds", Float),
+    Column("max_rss_bytes", BigInteger),
+    Column("progress", String(200)),
+    Column("kill_requested", Boolean, nullable=False, default=False),
+)
+# The claim walks this index: first waiting job of a task queue in submission order.
+Index("ix_jobs_tq_state_id", jobs.c.tq_id, jobs.c.state, jobs.c.id)
+Index("ix_jobs_state_lease", jobs.c.state, jobs.c.lease_expires_at)
+Index("ix_jobs_owner_state", jobs.c.vo, jobs.c.owner, jobs.c.state)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+)
+
+pilots = Table(
+    "pilots",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("token_id", String(32), nullable=False),
+    Column("vo", String(100)),
+    Column("site", String(100)),
+    Column("cloud", String(100)),
+    Column("hostname", String(255)),
+    Column("cores", Integer, nullable=False),
+    Column("memory_mb", Integer),
+    Column("registered_at", Float, nullable=False),
+    Column("last_seen_at", Float, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("shutdown_code", Integer),
+    Column("shutdown_message", Text),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("vo", String(100), primary_key=True),
+    Column("owner", String(200), primary_key=True),
+    Column("core_seconds", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+sandboxes = Table(
+    "sandboxes",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(32), nullable=False),
+)

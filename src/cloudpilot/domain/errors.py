@@ -1,8 +1,8 @@
 """Errors of the domain rules.
 
-    DomainError
-    ├── IllegalTransition   a state change the transitions table forbids
-    └── InvalidJobSpec      a job description that cannot be accepted (field named)
+DomainError
+├── IllegalTransition   a state change the transitions table forbids
+└── InvalidJobSpec      a job description that cannot be accepted (field named)
 """
 
 
@@ -21,3 +21,7 @@ class InvalidJobSpec(DomainError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class StaleLease(DomainError):
+    pass

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cloudpilot.domain.errors import IllegalTransition
+from cloudpilot.domain.errors import IllegalTransition, StaleLease
 
 
 class JobState(StrEnum):
@@ -195,3 +195,11 @@ class Job(BaseModel):
     def lease_token(self) -> int:
         """The fencing token of the current lease: the attempt number it was handed out with."""
         return self.attempts
+
+    def check_lease(self, lease_token: int) -> None:
+        """Raise :class:`StaleLease` unless ``lease_token`` is this job's live lease."""
+        if self.attempts != lease_token or self.state not in ACTIVE_STATES:
+            raise StaleLease(
+                f"lease {lease_token} of job {self.id} is no longer valid: the job is {self.state.value} "
+                f"at attempt {self.attempts}"
+            )

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cloudpilot.domain.usage import decayed
+
 
 @dataclass(frozen=True, slots=True)
 class UsageRecord:
@@ -18,12 +20,6 @@ class UsageRecord:
     core_seconds: float = 0.0
     updated_at: float = 0.0
     running_cores: int = 0
-
-
-def decayed(core_seconds: float, updated_at: float, now: float, half_life: float) -> float:
-    if core_seconds <= 0 or half_life <= 0:
-        return 0.0 if half_life <= 0 else core_seconds
-    return core_seconds * math.pow(0.5, max(0.0, now - updated_at) / half_life)
 
 
 def effective_usage(rec: UsageRecord, now: float, half_life: float) -> float:

@@ -57,9 +57,7 @@ def _make_engine(url: str) -> Engine:
         raise ValueError("an in-memory SQLite database cannot be shared; give a file path")
     path = url.removeprefix("sqlite:///")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(
-        url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=20
-    )
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=20, max_overflow=20)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]

@@ -1,9 +1,8 @@
 """Errors of the store.
 
-    StoreError
-    ├── NotFound        no row with that id (or not visible to the caller)
-    ├── LeaseConflict   a report whose fencing token is not the job's current lease
-    └── Conflict        the row changed state under the caller (e.g. a final job)
+StoreError
+├── NotFound        no row with that id (or not visible to the caller)
+└── Conflict        the row changed state under the caller (e.g. a final job)
 """
 
 
@@ -16,8 +15,4 @@ class NotFound(StoreError):
 
 
 class Conflict(StoreError):
-    pass
-
-
-class LeaseConflict(Conflict):
     pass

@@ -52,8 +52,6 @@ def upgrade(db: Database, target: int = LATEST) -> list[int]:
             if version in done or version > target:
                 continue
             step(conn)
-            conn.execute(
-                schema.schema_migrations.insert().values(version=version, name=name, applied_at=time.time())
-            )
+            conn.execute(schema.schema_migrations.insert().values(version=version, name=name, applied_at=time.time()))
             applied.append(version)
     return applied

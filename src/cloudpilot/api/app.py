@@ -1,0 +1,72 @@
+"""The FastAPI application and the background loops it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Response
+from starlette.concurrency import run_in_threadpool
+
+from cloudpilot import __version__
+from cloudpilot.api import jobs, pilots, tokens
+from cloudpilot.api.errors import install_error_handlers
+from cloudpilot.api.notify import WorkNotifier
+from cloudpilot.api.responses import json_response
+from cloudpilot.services.container import Services
+
+log = logging.getLogger("cloudpilot.server")
+
+
+async def _every(interval: float, name: str, tick, services: Services) -> None:  # type: ignore[no-untyped-def]
+    """Run ``tick(now)`` forever; a failing tick is logged with its traceback and retried next interval."""
+    while True:
+        try:
+            result = await run_in_threadpool(tick, services.clock.now())
+            if result:
+                log.info("%s: %d handled", name, len(result))
+        except Exception:
+            log.exception("%s failed; retrying in %.0f s", name, interval)
+        await asyncio.sleep(interval)
+
+
+def create_app(services: Services, run_loops: bool = True) -> FastAPI:
+    notifier = WorkNotifier()
+    services.work_listeners.append(notifier.notify)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        notifier.bind(asyncio.get_running_loop())
+        loops: list[asyncio.Task[None]] = []
+        if run_loops:
+            reaper = services.reaper
+            loops.append(asyncio.create_task(_every(reaper.interval, "lease reaper", reaper.tick, services)))
+        try:
+            yield
+        finally:
+            for task in loops:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="cloudpilot",
+        version=__version__,
+        description="Task queue, matcher and pilots for scientific batch workloads on clouds.",
+        lifespan=lifespan,
+    )
+    app.state.services = services
+    app.state.notifier = notifier
+    install_error_handlers(app)
+    app.include_router(jobs.router)
+    app.include_router(pilots.router)
+    app.include_router(tokens.router)
+
+    @app.get("/api/v1/health", tags=["server"], summary="Liveness and version")
+    def health() -> Response:
+        return json_response({"status": "ok", "version": __version__})
+
+    return app

@@ -1,0 +1,64 @@
+"""Every error leaves the API as ``{"error": {"code", "message", "field"}}`` with one status per cause."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from cloudpilot.api.responses import error_body, json_response
+from cloudpilot.domain.errors import IllegalTransition, InvalidJobSpec, StaleLease
+from cloudpilot.services.errors import BadInput, Forbidden, TooMany, Unauthenticated
+from cloudpilot.storage.base import StorageError, TooLarge
+from cloudpilot.store.errors import Conflict, NotFound
+
+
+def field_of(loc: tuple[int | str, ...] | list[int | str], prefix: str = "") -> str | None:
+    """``("body", "requirements", "cores")`` -> ``requirements.cores``; list indexes as ``[3]``."""
+    parts = [p for p in loc if p not in ("body", "query", "path", "header")]
+    text = prefix
+    for p in parts:
+        text += f"[{p}]" if isinstance(p, int) else (f".{p}" if text else str(p))
+    return text or None
+
+
+def validation_error(exc: ValidationError | RequestValidationError, prefix: str = "") -> Response:
+    first = exc.errors()[0]
+    field = field_of(tuple(first.get("loc", ())), prefix)
+    message = f"{field}: {first['msg']}" if field else str(first["msg"])
+    return json_response(error_body("invalid", message, field), 422)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    def handler(status: int, code: str):  # type: ignore[no-untyped-def]
+        async def handle(_request: Request, exc: Exception) -> Response:
+            return json_response(error_body(code, str(exc), getattr(exc, "field", None)), status)
+
+        return handle
+
+    app.add_exception_handler(Unauthenticated, handler(401, "unauthenticated"))
+    app.add_exception_handler(Forbidden, handler(403, "forbidden"))
+    app.add_exception_handler(NotFound, handler(404, "not_found"))
+    app.add_exception_handler(StaleLease, handler(409, "lease_conflict"))
+    app.add_exception_handler(Conflict, handler(409, "conflict"))
+    app.add_exception_handler(IllegalTransition, handler(409, "conflict"))
+    app.add_exception_handler(TooLarge, handler(413, "too_large"))
+    app.add_exception_handler(TooMany, handler(413, "too_large"))
+    app.add_exception_handler(BadInput, handler(422, "invalid"))
+    app.add_exception_handler(InvalidJobSpec, handler(422, "invalid"))
+    app.add_exception_handler(StorageError, handler(400, "bad_request"))
+
+    async def on_validation(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError | ValidationError)
+        return validation_error(exc)
+
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(ValidationError, on_validation)
+
+    async def on_http(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        return json_response(error_body(code, str(exc.detail)), exc.status_code)
+
+    app.add_exception_handler(StarletteHTTPException, on_http)

@@ -1,0 +1,106 @@
+"""``/api/v1/jobs`` and ``/api/v1/sandboxes``: what users do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import yaml
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from cloudpilot.api.deps import PrincipalDep, ServicesDep
+from cloudpilot.api.errors import validation_error
+from cloudpilot.api.responses import job_json, json_response
+from cloudpilot.api.uploads import receive_sandbox
+from cloudpilot.domain.auth import Role
+from cloudpilot.domain.jobs import JobSpec, JobState, ParametricSpec, expand_parametric
+from cloudpilot.services.auth import require
+from cloudpilot.services.errors import BadInput
+
+router = APIRouter(prefix="/api/v1", tags=["jobs"])
+
+
+def parse_submission(body: bytes, content_type: str) -> list[JobSpec]:
+    """One job, a list of jobs, or a parametric job, as JSON or YAML."""
+    try:
+        data: Any = yaml.safe_load(body) if "yaml" in content_type else orjson.loads(body)
+    except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
+        raise BadInput(f"the body is not valid {'YAML' if 'yaml' in content_type else 'JSON'}: {exc}") from exc
+    if isinstance(data, dict) and "job" in data and "parameter_count" in data:
+        return expand_parametric(ParametricSpec.model_validate(data))
+    if isinstance(data, dict):
+        return [JobSpec.model_validate(data)]
+    if isinstance(data, list):
+        specs = []
+        for i, item in enumerate(data):
+            if not isinstance(item, dict):
+                raise BadInput(f"[{i}]: a job must be an object, not {type(item).__name__}", f"[{i}]")
+            try:
+                specs.append(JobSpec.model_validate(item))
+            except ValidationError as exc:
+                raise _Indexed(exc, i) from exc
+        return specs
+    raise BadInput("the body must be a job, a list of jobs, or a parametric job {job, parameter_count}")
+
+
+class _Indexed(Exception):
+    def __init__(self, exc: ValidationError, index: int) -> None:
+        self.exc = exc
+        self.index = index
+
+
+@router.post("/jobs", status_code=201, summary="Submit one job, a list, or a parametric job")
+async def submit(request: Request, principal: PrincipalDep, services: ServicesDep) -> Response:
+    require(principal, Role.USER)
+    body = await request.body()
+    try:
+        specs = parse_submission(body, request.headers.get("content-type", ""))
+    except _Indexed as wrapped:
+        return validation_error(wrapped.exc, prefix=f"[{wrapped.index}]")
+    ids = await run_in_threadpool(services.jobs.submit, principal, specs, services.clock.now())
+    return json_response({"ids": ids}, 201)
+
+
+@router.get("/jobs", summary="The caller's jobs, oldest first")
+def list_jobs(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    state: JobState | None = None,
+    limit: int = Query(1000, ge=1, le=10_000),
+    after_id: int = Query(0, ge=0),
+) -> Response:
+    jobs = services.jobs.list(principal, state, limit, after_id)
+    next_after = jobs[-1].id if len(jobs) == limit else None
+    return json_response({"jobs": [job_json(j) for j in jobs], "next_after_id": next_after})
+
+
+@router.get("/jobs/summary", summary="Counts of the caller's jobs per state")
+def summary(principal: PrincipalDep, services: ServicesDep) -> Response:
+    return json_response({"counts": services.jobs.counts(principal)})
+
+
+@router.get("/jobs/{job_id}", summary="One job with its history")
+def get_job(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+    job = services.jobs.get(principal, job_id)
+    return json_response(job_json(job, services.jobs.history(principal, job_id)))
+
+
+@router.post("/jobs/{job_id}/kill", summary="Kill a job that is not final yet")
+def kill_job(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+    return json_response(job_json(services.jobs.kill(principal, job_id, services.clock.now())))
+
+
+@router.get("/jobs/{job_id}/output", summary="The output sandbox (gzipped tar)")
+def get_output(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+    sandbox = services.jobs.output_sandbox(principal, job_id)
+    return StreamingResponse(services.sandbox_store.open(sandbox), media_type="application/gzip")
+
+
+@router.post("/sandboxes", status_code=201, summary="Upload an input sandbox (gzipped tar)")
+async def upload_sandbox(request: Request, principal: PrincipalDep, services: ServicesDep) -> Response:
+    require(principal, Role.USER)
+    sandbox_id, size = await receive_sandbox(request, services, principal)
+    return json_response({"id": sandbox_id, "size": size}, 201)

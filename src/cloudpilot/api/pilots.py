@@ -1,0 +1,167 @@
+"""``/api/v1/pilots`` and the job calls a pilot makes while it holds a lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from cloudpilot.api.deps import PrincipalDep, ServicesDep
+from cloudpilot.api.responses import job_for_pilot, json_response
+from cloudpilot.api.uploads import receive_sandbox
+from cloudpilot.domain.jobs import JobState
+from cloudpilot.domain.matching import Offer
+
+router = APIRouter(prefix="/api/v1", tags=["pilots"])
+
+RETRY_SECONDS = 0.5  # how often a long poll looks again for work submitted through another API process
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RegisterBody(_Body):
+    hostname: str | None = Field(None, max_length=255)
+    cores: int = Field(1, ge=1)
+    memory_mb: int | None = Field(None, ge=1)
+    site: str | None = None
+    cloud: str | None = None
+    tags: list[str] = []
+
+
+class MatchBody(_Body):
+    pilot_id: str
+    cores: int = Field(1, ge=1)
+    memory_mb: int | None = Field(None, ge=1)
+    seconds_left: int | None = Field(None, ge=0)
+    tags: list[str] = []
+    site: str | None = None
+    cloud: str | None = None
+    wait_seconds: float = Field(0.0, ge=0, le=60)
+
+
+class HeartbeatBody(_Body):
+    lease_token: int
+    cpu_seconds: float | None = Field(None, ge=0)
+    max_rss_bytes: int | None = Field(None, ge=0)
+    progress: str | None = None
+
+
+class ReportBody(_Body):
+    lease_token: int
+    state: JobState
+    exit_code: int | None = None
+    reason: str | None = Field(None, max_length=2000)
+    cpu_seconds: float | None = Field(None, ge=0)
+    max_rss_bytes: int | None = Field(None, ge=0)
+
+
+class HaltBody(_Body):
+    code: int = Field(ge=100, le=799)
+    message: str = Field(max_length=1000)
+
+
+@router.post("/pilots", status_code=201, summary="Register a pilot")
+def register(body: RegisterBody, principal: PrincipalDep, services: ServicesDep) -> Response:
+    reg = services.pilots.register(
+        principal,
+        services.clock.now(),
+        hostname=body.hostname,
+        cores=body.cores,
+        memory_mb=body.memory_mb,
+        site=body.site,
+        cloud=body.cloud,
+    )
+    return json_response(
+        {"id": reg.pilot_id, "lease_seconds": reg.lease_seconds, "heartbeat_seconds": reg.heartbeat_seconds}, 201
+    )
+
+
+@router.post("/pilots/match", summary="Offer free resources; get a job and its lease (200) or nothing (204)")
+async def match(body: MatchBody, request: Request, principal: PrincipalDep, services: ServicesDep) -> Response:
+    offer = Offer(
+        cores=body.cores,
+        memory_mb=body.memory_mb,
+        seconds_left=body.seconds_left,
+        tags=tuple(body.tags),
+        site=body.site,
+        cloud=body.cloud,
+    )
+    notifier = request.app.state.notifier
+    wait = min(body.wait_seconds, services.config.matcher.max_wait_seconds)
+    deadline = asyncio.get_running_loop().time() + wait
+    while True:
+        woken = notifier.current()
+        job = await run_in_threadpool(services.pilots.match, principal, body.pilot_id, offer, services.clock.now())
+        if job is not None:
+            lease = {
+                "token": job.lease_token,
+                "expires_at": job.lease_expires_at,
+                "seconds": services.config.lease.seconds,
+            }
+            return json_response({"job": job_for_pilot(job), "lease": lease})
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0 or await request.is_disconnected():
+            return Response(status_code=204)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), timeout=min(left, RETRY_SECONDS))
+
+
+@router.get("/jobs/{job_id}/input", summary="The input sandbox of a job this pilot holds")
+def get_input(job_id: int, principal: PrincipalDep, services: ServicesDep, lease_token: int = Query()) -> Response:
+    sandbox = services.pilots.input_sandbox(principal, job_id, lease_token)
+    return StreamingResponse(services.sandbox_store.open(sandbox), media_type="application/gzip")
+
+
+@router.post("/jobs/{job_id}/heartbeat", summary="Renew the lease and report progress")
+def heartbeat(job_id: int, body: HeartbeatBody, principal: PrincipalDep, services: ServicesDep) -> Response:
+    beat = services.pilots.heartbeat(
+        principal,
+        job_id,
+        body.lease_token,
+        services.clock.now(),
+        body.cpu_seconds,
+        body.max_rss_bytes,
+        body.progress,
+    )
+    return json_response({"lease_expires_at": beat.lease_expires_at, "action": "kill" if beat.kill else "continue"})
+
+
+@router.put("/jobs/{job_id}/output", summary="Upload the output sandbox of a job this pilot holds")
+async def put_output(
+    job_id: int, request: Request, principal: PrincipalDep, services: ServicesDep, lease_token: int = Query()
+) -> Response:
+    # Check the lease before taking the bytes, and again when recording them (it may expire meanwhile).
+    await run_in_threadpool(services.pilots.check_holder, principal, job_id, lease_token)
+    sandbox_id, size = await receive_sandbox(request, services, principal)
+    await run_in_threadpool(
+        services.pilots.set_output, principal, job_id, lease_token, sandbox_id, services.clock.now()
+    )
+    return json_response({"id": sandbox_id, "size": size})
+
+
+@router.post("/jobs/{job_id}/report", summary="Report the job running, done or failed")
+def report(job_id: int, body: ReportBody, principal: PrincipalDep, services: ServicesDep) -> Response:
+    job = services.pilots.report(
+        principal,
+        job_id,
+        body.lease_token,
+        body.state,
+        services.clock.now(),
+        exit_code=body.exit_code,
+        reason=body.reason,
+        cpu_seconds=body.cpu_seconds,
+        max_rss_bytes=body.max_rss_bytes,
+    )
+    return json_response({"id": job.id, "state": job.state.value})
+
+
+@router.post("/pilots/{pilot_id}/halt", summary="The pilot's last word: its shutdown code and message")
+def halt(pilot_id: str, body: HaltBody, principal: PrincipalDep, services: ServicesDep) -> Response:
+    services.pilots.halt(principal, pilot_id, body.code, body.message, services.clock.now())
+    return json_response({"id": pilot_id, "state": "halted"})

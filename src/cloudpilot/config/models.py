@@ -1,0 +1,89 @@
+"""Configuration models. Defaults make ``cloudpilot server --data-dir DIR`` work with no file at all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be read or does not validate; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class VOConfig(_Section):
+    share: float = Field(1.0, gt=0, description="Relative share of the VO in fair share between VOs.")
+
+
+class LeaseConfig(_Section):
+    seconds: float = Field(90.0, gt=0, description="A matched job's lease; a heartbeat renews it.")
+    heartbeat_seconds: float = Field(30.0, gt=0, description="How often pilots are told to heartbeat.")
+    reaper_interval_seconds: float = Field(5.0, gt=0, description="How often expired leases are looked for.")
+
+
+class MatcherConfig(_Section):
+    max_wait_seconds: float = Field(30.0, ge=0, le=60, description="Longest long-poll a pilot may ask for.")
+    snapshot_seconds: float = Field(1.0, ge=0, description="How long the cached task-queue snapshot is reused.")
+
+
+class FairShareConfig(_Section):
+    half_life_seconds: float = Field(
+        86400.0, ge=0, description="Half-life of recent usage; a running core counts as one half-life of usage."
+    )
+
+
+class JobsConfig(_Section):
+    default_wall_seconds: int = Field(86400, ge=1, description="Wall-time limit of jobs that give none.")
+    max_per_request: int = Field(100_000, ge=1, description="Most jobs one submission may create.")
+
+
+class StorageConfig(_Section):
+    max_sandbox_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest input or output sandbox.")
+    path: Path | None = Field(None, description="Where sandboxes are kept; default DATA_DIR/sandboxes.")
+
+
+class ServerConfig(_Section):
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default sqlite in the data directory. postgresql+psycopg://… for scale."
+    )
+    vos: dict[str, VOConfig] = Field(default_factory=dict, description="Known VOs and their shares.")
+    default_vo_share: float = Field(1.0, gt=0, description="Share of a VO not listed under vos.")
+    lease: LeaseConfig = LeaseConfig()
+    matcher: MatcherConfig = MatcherConfig()
+    fair_share: FairShareConfig = FairShareConfig()
+    jobs: JobsConfig = JobsConfig()
+    storage: StorageConfig = StorageConfig()
+
+    def database_url_for(self, data_dir: Path) -> str:
+        return self.database_url or f"sqlite:///{data_dir.resolve() / 'cloudpilot.db'}"
+
+    def sandbox_dir_for(self, data_dir: Path) -> Path:
+        return self.storage.path or data_dir / "sandboxes"
+
+    def vo_shares(self) -> dict[str, float]:
+        return {name: vo.share for name, vo in self.vos.items()}
+
+
+def load_config(path: Path | None) -> ServerConfig:
+    """Read and validate a YAML file (``None``: all defaults)."""
+    if path is None:
+        return ServerConfig()
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the configuration must be a mapping of keys")
+    try:
+        return ServerConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc

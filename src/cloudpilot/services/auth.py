@@ -1,0 +1,52 @@
+"""Token checks with a short cache, so the matcher's hot path does not hit the tokens table every call."""
+
+from __future__ import annotations
+
+import threading
+
+from cloudpilot.domain.auth import Principal, Role
+from cloudpilot.services.errors import Forbidden, Unauthenticated
+from cloudpilot.store.tokens import TokenRepository, parse_token
+
+CACHE_SECONDS = 5.0  # a revoked token stops working within this long
+
+
+class Authenticator:
+    def __init__(self, tokens: TokenRepository) -> None:
+        self.tokens = tokens
+        self._cache: dict[str, tuple[Principal, float]] = {}
+        self._lock = threading.Lock()
+
+    def authenticate(self, header: str | None, now: float) -> Principal:
+        if not header:
+            raise Unauthenticated("missing token: send 'Authorization: Bearer <token>'")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("malformed Authorization header: expected 'Bearer <token>'")
+        token = token.strip()
+        with self._lock:
+            hit = self._cache.get(token)
+        if hit is not None and hit[1] > now:
+            return hit[0]
+        if parse_token(token) is None:
+            raise Unauthenticated("malformed token: cloudpilot tokens look like cp_<id>_<secret>")
+        principal = self.tokens.authenticate(token, now)
+        if principal is None:
+            raise Unauthenticated("invalid token: unknown, wrong, expired or revoked")
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[token] = (principal, now + CACHE_SECONDS)
+        return principal
+
+    def forget(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+
+def require(principal: Principal, *roles: Role) -> None:
+    """Raise :class:`Forbidden` unless the principal has one of ``roles`` (admins pass everywhere)."""
+    if principal.role is Role.ADMIN or principal.role in roles:
+        return
+    allowed = " or ".join(r.value for r in roles)
+    raise Forbidden(f"this call needs a {allowed} token; yours is a {principal.role.value} token")

@@ -1,0 +1,76 @@
+"""Wires the store, storage and use cases together for one server process (or one test)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cloudpilot.config import ServerConfig
+from cloudpilot.services.auth import Authenticator
+from cloudpilot.services.clock import Clock, SystemClock
+from cloudpilot.services.jobs import JobService
+from cloudpilot.services.matcher import MatchService
+from cloudpilot.services.pilots import PilotService
+from cloudpilot.services.reaper import LeaseReaper
+from cloudpilot.storage.local import LocalSandboxStore
+from cloudpilot.store.database import Database
+from cloudpilot.store.jobs import JobRepository
+from cloudpilot.store.migrations import upgrade
+from cloudpilot.store.pilots import PilotRepository
+from cloudpilot.store.sandboxes import SandboxRepository
+from cloudpilot.store.tokens import TokenRepository
+
+
+@dataclass
+class Services:
+    config: ServerConfig
+    data_dir: Path
+    db: Database
+    clock: Clock
+    tokens: TokenRepository
+    auth: Authenticator
+    sandbox_store: LocalSandboxStore
+    sandbox_records: SandboxRepository
+    jobs: JobService
+    pilots: PilotService
+    matcher: MatchService
+    reaper: LeaseReaper
+    work_listeners: list[Callable[[], None]] = field(default_factory=list)
+
+    @classmethod
+    def build(cls, config: ServerConfig, data_dir: Path, clock: Clock | None = None) -> Services:
+        """Open (and migrate) the database named by the configuration, and build every use case on it."""
+        data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(config.database_url_for(data_dir))
+        upgrade(db)
+        job_repo = JobRepository(db)
+        tokens = TokenRepository(db)
+        sandbox_store = LocalSandboxStore(config.sandbox_dir_for(data_dir), config.storage.max_sandbox_bytes)
+        matcher = MatchService(job_repo, config)
+        services: Services
+        job_service = JobService(job_repo, sandbox_store, config, on_new_work=lambda: services.new_work())
+        services = cls(
+            config=config,
+            data_dir=data_dir,
+            db=db,
+            clock=clock or SystemClock(),
+            tokens=tokens,
+            auth=Authenticator(tokens),
+            sandbox_store=sandbox_store,
+            sandbox_records=SandboxRepository(db),
+            jobs=job_service,
+            pilots=PilotService(job_repo, PilotRepository(db), matcher, config),
+            matcher=matcher,
+            reaper=LeaseReaper(job_repo, config, on_requeue=lambda: services.new_work()),
+        )
+        return services
+
+    def new_work(self) -> None:
+        """Jobs became waiting: refresh the matcher's snapshot and wake long-polling pilots."""
+        self.matcher.invalidate()
+        for listener in self.work_listeners:
+            listener()
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,91 @@
+"""Users' use cases: submit, look at, kill jobs and fetch their outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from cloudpilot.config import ServerConfig
+from cloudpilot.domain.auth import Principal, Role
+from cloudpilot.domain.jobs import Job, JobEvent, JobSpec, JobState
+from cloudpilot.services.auth import require
+from cloudpilot.services.errors import BadInput, Forbidden, TooMany
+from cloudpilot.storage.base import SandboxStore
+from cloudpilot.store.errors import NotFound
+from cloudpilot.store.jobs import JobRepository
+
+
+class JobService:
+    def __init__(
+        self,
+        jobs: JobRepository,
+        sandboxes: SandboxStore,
+        config: ServerConfig,
+        on_new_work: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.jobs = jobs
+        self.sandboxes = sandboxes
+        self.config = config
+        self.on_new_work = on_new_work
+
+    def submit(self, principal: Principal, specs: Sequence[JobSpec], now: float) -> list[int]:
+        require(principal, Role.USER)
+        if principal.vo is None:
+            raise Forbidden("submitting needs a token bound to a VO (a user token)")
+        if len(specs) > self.config.jobs.max_per_request:
+            raise TooMany(
+                f"{len(specs)} jobs in one request; the limit is {self.config.jobs.max_per_request} "
+                "(jobs.max_per_request)"
+            )
+        if not specs:
+            raise BadInput("the submission holds no job")
+        for i, sandbox in enumerate(spec.input_sandbox for spec in specs):
+            if sandbox is not None and not self.sandboxes.exists(sandbox):
+                where = f"[{i}].input_sandbox" if len(specs) > 1 else "input_sandbox"
+                raise BadInput(f"input sandbox {sandbox} was never uploaded (POST /api/v1/sandboxes)", where)
+        ids = self.jobs.submit(principal.vo, principal.name, specs, now, self.config.jobs.default_wall_seconds)
+        self.on_new_work()
+        return ids
+
+    def get(self, principal: Principal, job_id: int) -> Job:
+        job = self.jobs.get(job_id)
+        self._check_visible(principal, job)
+        return job
+
+    def history(self, principal: Principal, job_id: int) -> list[JobEvent]:
+        self.get(principal, job_id)
+        return self.jobs.history(job_id)
+
+    def list(self, principal: Principal, state: JobState | None, limit: int, after_id: int) -> list[Job]:
+        vo, owner = self._scope(principal)
+        return self.jobs.list(vo, owner, state, limit, after_id)
+
+    def counts(self, principal: Principal) -> dict[str, int]:
+        vo, owner = self._scope(principal)
+        return self.jobs.counts(vo, owner)
+
+    def kill(self, principal: Principal, job_id: int, now: float) -> Job:
+        self.get(principal, job_id)
+        return self.jobs.kill(
+            job_id, now, f"killed by {principal.name}", half_life=self.config.fair_share.half_life_seconds
+        )
+
+    def output_sandbox(self, principal: Principal, job_id: int) -> str:
+        job = self.get(principal, job_id)
+        if job.output_sandbox is None:
+            raise NotFound(f"job {job_id} has no output yet (it is {job.state.value})")
+        return job.output_sandbox
+
+    @staticmethod
+    def _scope(principal: Principal) -> tuple[str | None, str | None]:
+        if principal.role is Role.ADMIN:
+            return None, None
+        require(principal, Role.USER)
+        return principal.vo, principal.name
+
+    @staticmethod
+    def _check_visible(principal: Principal, job: Job) -> None:
+        if principal.role is Role.ADMIN:
+            return
+        require(principal, Role.USER)
+        if job.vo != principal.vo or job.owner != principal.name:
+            raise Forbidden(f"job {job.id} belongs to another user; you can only see and kill your own jobs")

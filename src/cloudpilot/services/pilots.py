@@ -1,0 +1,183 @@
+"""Pilots' use cases: register, ask for work, heartbeat, upload, report, halt.
+
+Checks run in this order so each refusal names the right cause: the job exists (404), it belongs to the
+pilot's VO (403), the lease token is the current one (409: a late report of a lost pilot), and the pilot
+holding that lease is this token's (403).
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+from dataclasses import dataclass
+
+from cloudpilot.config import ServerConfig
+from cloudpilot.domain.auth import Principal, Role
+from cloudpilot.domain.jobs import Job, JobState
+from cloudpilot.domain.matching import Offer
+from cloudpilot.services.auth import require
+from cloudpilot.services.errors import BadInput, Forbidden
+from cloudpilot.services.matcher import MatchService
+from cloudpilot.store.errors import NotFound
+from cloudpilot.store.jobs import JobRepository
+from cloudpilot.store.pilots import PilotRecord, PilotRepository
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    pilot_id: str
+    lease_seconds: float
+    heartbeat_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    lease_expires_at: float | None
+    kill: bool
+
+
+class PilotService:
+    def __init__(
+        self, jobs: JobRepository, pilots: PilotRepository, matcher: MatchService, config: ServerConfig
+    ) -> None:
+        self.jobs = jobs
+        self.pilots = pilots
+        self.matcher = matcher
+        self.config = config
+        self._owners: dict[str, str] = {}  # pilot id -> token id; pilots never change hands
+        self._lock = threading.Lock()
+
+    def register(
+        self,
+        principal: Principal,
+        now: float,
+        *,
+        hostname: str | None,
+        cores: int,
+        memory_mb: int | None,
+        site: str | None,
+        cloud: str | None,
+    ) -> Registration:
+        require(principal, Role.PILOT)
+        pilot_id = secrets.token_hex(8)
+        self.pilots.register(
+            PilotRecord(
+                id=pilot_id,
+                token_id=principal.token_id,
+                vo=principal.vo,
+                site=site,
+                cloud=cloud,
+                hostname=hostname,
+                cores=cores,
+                memory_mb=memory_mb,
+                registered_at=now,
+                last_seen_at=now,
+                state="active",
+                shutdown_code=None,
+                shutdown_message=None,
+            )
+        )
+        with self._lock:
+            self._owners[pilot_id] = principal.token_id
+        lease = self.config.lease
+        return Registration(pilot_id, lease.seconds, min(lease.heartbeat_seconds, lease.seconds / 3))
+
+    def match(self, principal: Principal, pilot_id: str, offer: Offer, now: float) -> Job | None:
+        require(principal, Role.PILOT)
+        self._check_owner(principal, pilot_id, field="pilot_id")
+        return self.matcher.match(pilot_id, offer, principal.vo, now)
+
+    def input_sandbox(self, principal: Principal, job_id: int, lease_token: int) -> str:
+        job = self._held(principal, job_id, lease_token)
+        if job.spec.input_sandbox is None:
+            raise NotFound(f"job {job_id} has no input sandbox")
+        return job.spec.input_sandbox
+
+    def heartbeat(
+        self,
+        principal: Principal,
+        job_id: int,
+        lease_token: int,
+        now: float,
+        cpu_seconds: float | None,
+        max_rss_bytes: int | None,
+        progress: str | None,
+    ) -> Heartbeat:
+        self._held(principal, job_id, lease_token, allow_killed=True)
+        job = self.jobs.heartbeat(
+            job_id, lease_token, now, self.config.lease.seconds, cpu_seconds, max_rss_bytes, progress
+        )
+        return Heartbeat(lease_expires_at=job.lease_expires_at, kill=job.state is JobState.KILLED)
+
+    def check_holder(self, principal: Principal, job_id: int, lease_token: int) -> None:
+        self._held(principal, job_id, lease_token)
+
+    def set_output(self, principal: Principal, job_id: int, lease_token: int, sandbox_id: str, now: float) -> None:
+        self._held(principal, job_id, lease_token)
+        self.jobs.set_output(job_id, lease_token, sandbox_id, now)
+
+    def report(
+        self,
+        principal: Principal,
+        job_id: int,
+        lease_token: int,
+        state: JobState,
+        now: float,
+        *,
+        exit_code: int | None,
+        reason: str | None,
+        cpu_seconds: float | None,
+        max_rss_bytes: int | None,
+    ) -> Job:
+        if state not in (JobState.RUNNING, JobState.DONE, JobState.FAILED):
+            raise BadInput(f"a pilot reports running, done or failed, not {state.value}", "state")
+        if state is JobState.DONE and exit_code not in (0, None):
+            raise BadInput(f"a job that exited with code {exit_code} is failed, not done", "exit_code")
+        self._held(principal, job_id, lease_token)
+        return self.jobs.report(
+            job_id,
+            lease_token,
+            state,
+            now,
+            exit_code=0 if state is JobState.DONE else exit_code,
+            reason=reason or "",
+            cpu_seconds=cpu_seconds,
+            max_rss_bytes=max_rss_bytes,
+            half_life=self.config.fair_share.half_life_seconds,
+        )
+
+    def halt(self, principal: Principal, pilot_id: str, code: int, message: str, now: float) -> None:
+        require(principal, Role.PILOT)
+        self._check_owner(principal, pilot_id, field=None)
+        self.pilots.halt(pilot_id, code, message, now)
+
+    # --- checks -----------------------------------------------------------------------------------------
+
+    def _owner_of(self, pilot_id: str) -> str:
+        with self._lock:
+            owner = self._owners.get(pilot_id)
+        if owner is None:
+            owner = self.pilots.get(pilot_id).token_id
+            with self._lock:
+                self._owners[pilot_id] = owner
+        return owner
+
+    def _check_owner(self, principal: Principal, pilot_id: str, field: str | None) -> None:
+        try:
+            owner = self._owner_of(pilot_id)
+        except NotFound as exc:
+            raise BadInput(f"pilot {pilot_id} is not registered (POST /api/v1/pilots first)", field) from exc
+        if owner != principal.token_id and principal.role is not Role.ADMIN:
+            raise Forbidden(f"pilot {pilot_id} was registered with another token")
+
+    def _held(self, principal: Principal, job_id: int, lease_token: int, allow_killed: bool = False) -> Job:
+        require(principal, Role.PILOT)
+        job = self.jobs.get(job_id)
+        if principal.vo is not None and job.vo != principal.vo:
+            raise Forbidden(f"job {job_id} belongs to VO {job.vo}, not to this pilot's VO {principal.vo}")
+        killed_now = allow_killed and job.state is JobState.KILLED and job.attempts == lease_token
+        if not killed_now:
+            job.check_lease(lease_token)
+        if job.pilot_id is None or self._owner_of(job.pilot_id) != principal.token_id:
+            raise Forbidden(f"job {job_id} is not held by a pilot of this token")
+        return job

@@ -1,0 +1,1 @@
+"""Sandboxes and job outputs behind a small interface."""

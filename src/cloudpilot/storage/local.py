@@ -1,0 +1,86 @@
+"""Sandboxes as files under the data directory, named by their SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from cloudpilot.storage.base import StorageError, TooLarge
+
+_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
+CHUNK = 1 << 16
+
+
+def valid_sandbox_id(sandbox_id: str) -> bool:
+    return bool(_ID.match(sandbox_id))
+
+
+class SandboxWriter:
+    """Receives a sandbox chunk by chunk (from a sync or async stream) and stops at the size limit."""
+
+    def __init__(self, store: LocalSandboxStore) -> None:
+        self._store = store
+        self._digest = hashlib.sha256()
+        self.size = 0
+        fd, self._tmp = tempfile.mkstemp(dir=store.root / "tmp")
+        self._out = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self._store.max_bytes:
+            raise TooLarge(self._store.max_bytes)
+        self._digest.update(chunk)
+        self._out.write(chunk)
+
+    def commit(self) -> tuple[str, int]:
+        self._out.close()
+        sandbox_id = f"sha256:{self._digest.hexdigest()}"
+        final = self._store.path_of(sandbox_id)
+        final.parent.mkdir(exist_ok=True)
+        os.replace(self._tmp, final)
+        return sandbox_id, self.size
+
+    def discard(self) -> None:
+        self._out.close()
+        if os.path.exists(self._tmp):
+            os.unlink(self._tmp)
+
+
+class LocalSandboxStore:
+    def __init__(self, root: Path, max_bytes: int) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        (root / "tmp").mkdir(parents=True, exist_ok=True)
+
+    def path_of(self, sandbox_id: str) -> Path:
+        if not valid_sandbox_id(sandbox_id):
+            raise StorageError(f"{sandbox_id!r} is not a sandbox id (sha256:<64 hex digits>)")
+        digest = sandbox_id.removeprefix("sha256:")
+        return self.root / digest[:2] / digest
+
+    def writer(self) -> SandboxWriter:
+        return SandboxWriter(self)
+
+    def put(self, chunks: Iterable[bytes]) -> tuple[str, int]:
+        writer = self.writer()
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+            return writer.commit()
+        finally:
+            writer.discard()
+
+    def open(self, sandbox_id: str) -> Iterator[bytes]:
+        path = self.path_of(sandbox_id)
+        if not path.exists():
+            raise StorageError(f"sandbox {sandbox_id} is not stored")
+        with path.open("rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def exists(self, sandbox_id: str) -> bool:
+        return valid_sandbox_id(sandbox_id) and self.path_of(sandbox_id).exists()

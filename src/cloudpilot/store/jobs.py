@@ -1,0 +1,398 @@
+"""The task queue: jobs, their task queues (requirement classes) and their history.
+
+Every state change goes through :meth:`JobRepository._move`, which checks the domain's transitions table,
+guards the UPDATE with the state it read, and appends the history row in the same transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, insert, select, update
+
+from cloudpilot.domain.jobs import ACTIVE_STATES, Job, JobEvent, JobSpec, JobState, check_transition
+from cloudpilot.domain.matching import TaskQueue, task_queue_key
+from cloudpilot.domain.usage import decayed
+from cloudpilot.store.database import Database
+from cloudpilot.store.errors import Conflict, NotFound
+from cloudpilot.store.rows import event_from_row, job_from_row, task_queue_from_row
+from cloudpilot.store.schema import job_events, jobs, task_queues, usage
+
+
+@dataclass(frozen=True, slots=True)
+class Requeued:
+    """What the lease reaper did to one job whose lease expired."""
+
+    job_id: int
+    new_state: JobState
+    reason: str
+
+
+class JobRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # --- submission -------------------------------------------------------------------------------------
+
+    def submit(self, vo: str, owner: str, specs: Sequence[JobSpec], now: float, default_wall_seconds: int) -> list[int]:
+        """Store ``specs`` as waiting jobs in one transaction; return their ids in the order given."""
+        if not specs:
+            return []
+        with self.db.write() as conn:
+            tq_ids = self._task_queue_ids(conn, vo, owner, specs, now, default_wall_seconds)
+            rows = [
+                {
+                    "tq_id": tq_id,
+                    "vo": vo,
+                    "owner": owner,
+                    "name": spec.name,
+                    "spec": spec.model_dump_json(),
+                    "state": JobState.WAITING.value,
+                    "priority": spec.priority,
+                    "cores": spec.requirements.cores,
+                    "wall_seconds": spec.requirements.wall_seconds or default_wall_seconds,
+                    "attempts": 0,
+                    "max_attempts": spec.max_attempts,
+                    "submitted_at": now,
+                    "updated_at": now,
+                    "kill_requested": False,
+                }
+                for spec, tq_id in zip(specs, tq_ids, strict=True)
+            ]
+            result = conn.execute(insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows)
+            ids = [r[0] for r in result]
+            conn.execute(
+                insert(job_events),
+                [
+                    {"job_id": i, "at": now, "from_state": None, "to_state": "waiting", "reason": "submitted"}
+                    for i in ids
+                ],
+            )
+        return ids
+
+    def _task_queue_ids(
+        self,
+        conn: Connection,
+        vo: str,
+        owner: str,
+        specs: Sequence[JobSpec],
+        now: float,
+        default_wall_seconds: int,
+    ) -> list[int]:
+        keys: list[str] = []
+        new: dict[str, dict[str, Any]] = {}
+        for spec in specs:
+            req = spec.requirements
+            wall = req.wall_seconds or default_wall_seconds
+            key = task_queue_key(vo, owner, spec.priority, req, wall)
+            keys.append(key)
+            if key not in new:
+                new[key] = {
+                    "key": key,
+                    "vo": vo,
+                    "owner": owner,
+                    "priority": spec.priority,
+                    "cores": req.cores,
+                    "memory_mb": req.memory_mb,
+                    "wall_seconds": wall,
+                    "tags": json.dumps(sorted(req.tags)),
+                    "sites_allow": json.dumps(sorted(req.sites.allow)),
+                    "sites_deny": json.dumps(sorted(req.sites.deny)),
+                    "created_at": now,
+                }
+        known = self._lookup_task_queues(conn, list(new))
+        missing = [row for key, row in new.items() if key not in known]
+        if missing:
+            # Another API process may create the same class concurrently: the unique key decides.
+            conn.execute(_upsert(conn)(task_queues).on_conflict_do_nothing(index_elements=["key"]), missing)
+            known = self._lookup_task_queues(conn, list(new))
+        return [known[k] for k in keys]
+
+    @staticmethod
+    def _lookup_task_queues(conn: Connection, keys: list[str]) -> dict[str, int]:
+        rows = conn.execute(select(task_queues.c.key, task_queues.c.id).where(task_queues.c.key.in_(keys)))
+        return {key: tq_id for key, tq_id in rows}
+
+    # --- reading ----------------------------------------------------------------------------------------
+
+    def get(self, job_id: int) -> Job:
+        with self.db.read() as conn:
+            return self._get(conn, job_id)
+
+    @staticmethod
+    def _get(conn: Connection, job_id: int, for_update: bool = False) -> Job:
+        stmt = select(jobs).where(jobs.c.id == job_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = conn.execute(stmt).mappings().first()
+        if row is None:
+            raise NotFound(f"job {job_id} does not exist")
+        return job_from_row(row)
+
+    def history(self, job_id: int) -> list[JobEvent]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.id)
+            ).mappings()
+            return [event_from_row(r) for r in rows]
+
+    def list(
+        self,
+        vo: str | None,
+        owner: str | None,
+        state: JobState | None = None,
+        limit: int = 1000,
+        after_id: int = 0,
+    ) -> list[Job]:
+        """Jobs visible to a caller (``None`` scopes mean all), oldest first, by keyset pagination."""
+        stmt = select(jobs).where(jobs.c.id > after_id).order_by(jobs.c.id).limit(limit)
+        if vo is not None:
+            stmt = stmt.where(jobs.c.vo == vo)
+        if owner is not None:
+            stmt = stmt.where(jobs.c.owner == owner)
+        if state is not None:
+            stmt = stmt.where(jobs.c.state == state.value)
+        with self.db.read() as conn:
+            return [job_from_row(r) for r in conn.execute(stmt).mappings()]
+
+    def counts(self, vo: str | None, owner: str | None, ids: Iterable[int] | None = None) -> dict[str, int]:
+        stmt = select(jobs.c.state, func.count()).group_by(jobs.c.state)
+        if vo is not None:
+            stmt = stmt.where(jobs.c.vo == vo)
+        if owner is not None:
+            stmt = stmt.where(jobs.c.owner == owner)
+        if ids is not None:
+            stmt = stmt.where(jobs.c.id.in_(list(ids)))
+        with self.db.read() as conn:
+            found = dict(conn.execute(stmt).all())
+        return {s.value: int(found.get(s.value, 0)) for s in JobState}
+
+    def waiting_task_queues(self) -> list[TaskQueue]:
+        """Task queues that hold at least one waiting job (an index probe per class, not a scan of jobs)."""
+        has_waiting = exists().where(and_(jobs.c.tq_id == task_queues.c.id, jobs.c.state == JobState.WAITING.value))
+        with self.db.read() as conn:
+            rows = conn.execute(select(task_queues).where(has_waiting).order_by(task_queues.c.id)).mappings()
+            return [task_queue_from_row(r) for r in rows]
+
+    def running_cores(self) -> dict[tuple[str, str], int]:
+        """Cores held by matched or running jobs, per (VO, owner)."""
+        stmt = (
+            select(jobs.c.vo, jobs.c.owner, func.sum(jobs.c.cores))
+            .where(jobs.c.state.in_([s.value for s in ACTIVE_STATES]))
+            .group_by(jobs.c.vo, jobs.c.owner)
+        )
+        with self.db.read() as conn:
+            return {(vo, owner): int(n) for vo, owner, n in conn.execute(stmt)}
+
+    def usage(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """Recorded (core_seconds, updated_at) per (VO, owner)."""
+        with self.db.read() as conn:
+            rows = conn.execute(select(usage.c.vo, usage.c.owner, usage.c.core_seconds, usage.c.updated_at))
+            return {(vo, owner): (cs, at) for vo, owner, cs, at in rows}
+
+    # --- the pilot's side -------------------------------------------------------------------------------
+
+    def claim(self, tq_id: int, pilot_id: str, now: float, lease_seconds: float) -> Job | None:
+        """Atomically lease the oldest waiting job of a task queue to ``pilot_id``; ``None`` if it is empty.
+
+        One UPDATE picks and takes the row, so two pilots can never get the same job: SQLite runs it under
+        the single writer lock, PostgreSQL skips rows another transaction has locked.
+        """
+        check_transition("?", JobState.WAITING, JobState.MATCHED)
+        pick = (
+            select(jobs.c.id)
+            .where(jobs.c.tq_id == tq_id, jobs.c.state == JobState.WAITING.value)
+            .order_by(jobs.c.id)
+            .limit(1)
+        )
+        if self.db.is_postgres:
+            pick = pick.with_for_update(skip_locked=True)
+        stmt = (
+            update(jobs)
+            .where(jobs.c.id == pick.scalar_subquery(), jobs.c.state == JobState.WAITING.value)
+            .values(
+                state=JobState.MATCHED.value,
+                pilot_id=pilot_id,
+                attempts=jobs.c.attempts + 1,
+                lease_expires_at=now + lease_seconds,
+                updated_at=now,
+            )
+            .returning(*jobs.c)
+        )
+        with self.db.write() as conn:
+            row = conn.execute(stmt).mappings().first()
+            if row is None:
+                return None
+            job = job_from_row(row)
+            conn.execute(
+                insert(job_events).values(
+                    job_id=job.id,
+                    at=now,
+                    from_state=JobState.WAITING.value,
+                    to_state=JobState.MATCHED.value,
+                    reason=f"matched to pilot {pilot_id} (attempt {job.attempts})",
+                )
+            )
+        return job
+
+    def heartbeat(
+        self,
+        job_id: int,
+        lease_token: int,
+        now: float,
+        lease_seconds: float,
+        cpu_seconds: float | None = None,
+        max_rss_bytes: int | None = None,
+        progress: str | None = None,
+    ) -> Job:
+        """Renew the lease. A job killed by its user is returned as is, so the pilot learns to stop it."""
+        with self.db.write() as conn:
+            job = self._get(conn, job_id, for_update=self.db.is_postgres)
+            if job.state is JobState.KILLED and job.attempts == lease_token:
+                return job
+            job.check_lease(lease_token)
+            values: dict[str, Any] = {"lease_expires_at": now + lease_seconds, "updated_at": now}
+            if cpu_seconds is not None:
+                values["cpu_seconds"] = cpu_seconds
+            if max_rss_bytes is not None:
+                values["max_rss_bytes"] = max_rss_bytes
+            if progress is not None:
+                values["progress"] = progress[:200]
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            return job.model_copy(update=values)
+
+    def set_output(self, job_id: int, lease_token: int, sandbox_id: str, now: float) -> None:
+        with self.db.write() as conn:
+            job = self._get(conn, job_id, for_update=self.db.is_postgres)
+            job.check_lease(lease_token)
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(output_sandbox=sandbox_id, updated_at=now))
+
+    def report(
+        self,
+        job_id: int,
+        lease_token: int,
+        target: JobState,
+        now: float,
+        *,
+        exit_code: int | None = None,
+        reason: str = "",
+        cpu_seconds: float | None = None,
+        max_rss_bytes: int | None = None,
+        half_life: float = 86400.0,
+    ) -> Job:
+        """A pilot's report about the job it holds: ``running``, ``done`` or ``failed``."""
+        with self.db.write() as conn:
+            job = self._get(conn, job_id, for_update=self.db.is_postgres)
+            job.check_lease(lease_token)
+            values: dict[str, Any] = {}
+            if target is JobState.RUNNING:
+                values["started_at"] = now
+            else:
+                values.update(finished_at=now, exit_code=exit_code, lease_expires_at=None)
+                if target is JobState.FAILED:
+                    values["failure_reason"] = reason or "failed"
+                if cpu_seconds is not None:
+                    values["cpu_seconds"] = cpu_seconds
+                if max_rss_bytes is not None:
+                    values["max_rss_bytes"] = max_rss_bytes
+                self._record_usage(conn, job, now, half_life)
+            return self._move(conn, job, target, now, reason or _default_reason(target, exit_code), values)
+
+    # --- users and admins -------------------------------------------------------------------------------
+
+    def kill(self, job_id: int, now: float, reason: str, half_life: float = 86400.0) -> Job:
+        with self.db.write() as conn:
+            job = self._get(conn, job_id, for_update=self.db.is_postgres)
+            if job.state.is_final:
+                raise Conflict(f"job {job_id} is already {job.state.value}; only a job not yet final can be killed")
+            if job.state in ACTIVE_STATES:
+                self._record_usage(conn, job, now, half_life)
+            values = {"finished_at": now, "lease_expires_at": None, "kill_requested": job.state in ACTIVE_STATES}
+            return self._move(conn, job, JobState.KILLED, now, reason, values)
+
+    # --- the lease reaper -------------------------------------------------------------------------------
+
+    def expire_leases(self, now: float, limit: int = 500, half_life: float = 86400.0) -> list[Requeued]:
+        """Send jobs whose lease ran out back to ``waiting``, or to ``failed`` once out of attempts."""
+        done: list[Requeued] = []
+        with self.db.write() as conn:
+            stmt = (
+                select(jobs)
+                .where(jobs.c.state.in_([s.value for s in ACTIVE_STATES]), jobs.c.lease_expires_at < now)
+                .order_by(jobs.c.lease_expires_at)
+                .limit(limit)
+            )
+            if self.db.is_postgres:
+                stmt = stmt.with_for_update(skip_locked=True)
+            for row in conn.execute(stmt).mappings().all():
+                job = job_from_row(row)
+                lost = f"lease expired: pilot {job.pilot_id} lost during attempt {job.attempts}"
+                self._record_usage(conn, job, now, half_life)
+                if job.attempts >= job.max_attempts:
+                    reason = f"{lost}; no attempts left ({job.attempts}/{job.max_attempts})"
+                    values = {"failure_reason": reason, "finished_at": now, "lease_expires_at": None}
+                    self._move(conn, job, JobState.FAILED, now, reason, values)
+                    done.append(Requeued(job.id, JobState.FAILED, reason))
+                else:
+                    values = {"pilot_id": None, "lease_expires_at": None, "started_at": None}
+                    self._move(conn, job, JobState.WAITING, now, lost, values)
+                    done.append(Requeued(job.id, JobState.WAITING, lost))
+        return done
+
+    # --- internals --------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _move(conn: Connection, job: Job, target: JobState, now: float, reason: str, values: dict[str, Any]) -> Job:
+        check_transition(job.id, job.state, target)
+        values = {**values, "state": target.value, "updated_at": now}
+        result = conn.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.state == job.state.value).values(**values))
+        if result.rowcount != 1:
+            raise Conflict(f"job {job.id} changed state while being moved to {target.value}")
+        conn.execute(
+            insert(job_events).values(
+                job_id=job.id, at=now, from_state=job.state.value, to_state=target.value, reason=reason
+            )
+        )
+        return job.model_copy(update={**values, "state": target})
+
+    @staticmethod
+    def _record_usage(conn: Connection, job: Job, now: float, half_life: float) -> None:
+        """Add the core-seconds of the attempt that ends now to its owner's recent usage."""
+        start = job.started_at or job.updated_at
+        spent = max(0.0, now - start) * job.cores
+        key = and_(usage.c.vo == job.vo, usage.c.owner == job.owner)
+        row = conn.execute(select(usage.c.core_seconds, usage.c.updated_at).where(key).with_for_update()).first()
+        if row is None:
+            # Two first-ever usages of an owner may race on PostgreSQL: the loser adds to the winner's row.
+            first = _upsert(conn)(usage).values(vo=job.vo, owner=job.owner, core_seconds=spent, updated_at=now)
+            conn.execute(
+                first.on_conflict_do_update(
+                    index_elements=["vo", "owner"],
+                    set_={"core_seconds": usage.c.core_seconds + spent, "updated_at": now},
+                )
+            )
+        else:
+            total = decayed(row[0], row[1], now, half_life) + spent
+            conn.execute(update(usage).where(key).values(core_seconds=total, updated_at=now))
+
+
+def _upsert(conn: Connection):  # type: ignore[no-untyped-def]
+    """The dialect's INSERT that knows ON CONFLICT (SQLite and PostgreSQL both do)."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert
+
+
+def _default_reason(target: JobState, exit_code: int | None) -> str:
+    if target is JobState.RUNNING:
+        return "payload started"
+    if target is JobState.DONE:
+        return "payload exited with code 0"
+    return f"exit code {exit_code}" if exit_code is not None else "failed"

@@ -1,0 +1,90 @@
+"""Tokens: ``cp_<id>_<secret>``; only a hash of the secret is stored."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from cloudpilot.domain.auth import Principal, Role
+from cloudpilot.store.database import Database
+from cloudpilot.store.errors import NotFound
+from cloudpilot.store.schema import tokens
+
+PREFIX = "cp"
+
+
+def _hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_token(token: str) -> tuple[str, str] | None:
+    """Split ``cp_<id>_<secret>``; ``None`` if the string is not shaped like one of ours."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    id: str
+    token: str
+    principal: Principal
+
+
+class TokenRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def create(
+        self,
+        role: Role,
+        name: str,
+        now: float,
+        vo: str | None = None,
+        site: str | None = None,
+        expires_at: float | None = None,
+    ) -> IssuedToken:
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(24)
+        with self.db.write() as conn:
+            conn.execute(
+                tokens.insert().values(
+                    id=token_id,
+                    secret_hash=_hash(secret),
+                    role=role.value,
+                    name=name,
+                    vo=vo,
+                    site=site,
+                    created_at=now,
+                    expires_at=expires_at,
+                )
+            )
+        principal = Principal(token_id=token_id, role=role, name=name, vo=vo, site=site)
+        return IssuedToken(id=token_id, token=f"{PREFIX}_{token_id}_{secret}", principal=principal)
+
+    def authenticate(self, token: str, now: float) -> Principal | None:
+        """The principal behind ``token``, or ``None`` if it is unknown, wrong, expired or revoked."""
+        parsed = parse_token(token)
+        if parsed is None:
+            return None
+        token_id, secret = parsed
+        with self.db.read() as conn:
+            row = conn.execute(select(tokens).where(tokens.c.id == token_id)).mappings().first()
+        if row is None or not hmac.compare_digest(row["secret_hash"], _hash(secret)):
+            return None
+        if row["revoked_at"] is not None or (row["expires_at"] is not None and row["expires_at"] <= now):
+            return None
+        return Principal(token_id=row["id"], role=Role(row["role"]), name=row["name"], vo=row["vo"], site=row["site"])
+
+    def revoke(self, token_id: str, now: float) -> None:
+        with self.db.write() as conn:
+            result = conn.execute(
+                update(tokens).where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None)).values(revoked_at=now)
+            )
+            if result.rowcount == 0:
+                raise NotFound(f"no active token {token_id}")

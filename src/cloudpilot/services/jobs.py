@@ -41,7 +41,7 @@ class JobService:
         for i, sandbox in enumerate(spec.input_sandbox for spec in specs):
             if sandbox is not None and not self.sandboxes.exists(sandbox):
                 where = f"[{i}].input_sandbox" if len(specs) > 1 else "input_sandbox"
-                raise BadInput(f"input sandbox {sandbox} was never uploaded (POST /api/v1/sandboxes)", where)
+                raise BadInput(f"{where}: sandbox {sandbox} was never uploaded (POST /api/v1/sandboxes)", where)
         ids = self.jobs.submit(principal.vo, principal.name, specs, now, self.config.jobs.default_wall_seconds)
         self.on_new_work()
         return ids

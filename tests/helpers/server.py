@@ -1,0 +1,91 @@
+"""A real cloudpilot server (uvicorn, real HTTP) on 127.0.0.1 in a background thread, and token helpers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from cloudpilot.api.app import create_app
+from cloudpilot.config import ServerConfig
+from cloudpilot.domain.auth import Role
+from cloudpilot.services.container import Services
+from cloudpilot.services.tokens import issue_token
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningServer:
+    url: str
+    services: Services
+    server: uvicorn.Server
+    thread: threading.Thread
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def token(self, role: Role, name: str = "", vo: str | None = None, site: str | None = None) -> str:
+        now = self.services.clock.now()
+        return issue_token(self.services.tokens, role, name or f"{role.value}-{vo}", now, vo=vo, site=site).token
+
+    def client(self, token: str | None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        c = httpx.Client(base_url=self.url, headers=headers, timeout=30)
+        self.clients.append(c)
+        return c
+
+    def stop(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.services.close()
+
+
+def start_server(config: ServerConfig, data_dir: Path) -> RunningServer:
+    services = Services.build(config, data_dir)
+    app = create_app(services)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 15
+    while not server.started:
+        if time.time() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    return RunningServer(f"http://127.0.0.1:{port}", services, server, thread)
+
+
+ServerFactory = Callable[..., RunningServer]
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    """Start servers with a given configuration; all are stopped at the end of the test."""
+    started: list[RunningServer] = []
+
+    def make(config: ServerConfig | None = None, data_dir: Path | None = None, **overrides: object) -> RunningServer:
+        cfg = config or ServerConfig.model_validate(overrides)
+        srv = start_server(cfg, data_dir or tmp_path / f"data{len(started)}")
+        started.append(srv)
+        return srv
+
+    yield make
+    for srv in started:
+        srv.stop()
+
+
+@pytest.fixture
+def server(make_server: ServerFactory) -> RunningServer:
+    return make_server()

@@ -52,7 +52,8 @@ class Database:
 
 def _make_engine(url: str) -> Engine:
     if not url.startswith("sqlite"):
-        return create_engine(url, pool_size=20, max_overflow=20, pool_pre_ping=True)
+        # No pre-ping: it would add a round trip to every match; recycled connections cover server restarts.
+        return create_engine(url, pool_size=20, max_overflow=20, pool_recycle=1800)
     if url in ("sqlite://", "sqlite:///:memory:"):
         raise ValueError("an in-memory SQLite database cannot be shared; give a file path")
     path = url.removeprefix("sqlite:///")

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, insert, select, update
+from sqlalchemy import Connection, Update, and_, bindparam, exists, func, insert, select, update
 
 from cloudpilot.domain.jobs import ACTIVE_STATES, Job, JobEvent, JobSpec, JobState, check_transition
 from cloudpilot.domain.matching import TaskQueue, task_queue_key
@@ -34,6 +34,8 @@ class Requeued:
 class JobRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._claim_stmt = self._build_claim()
+        self._event_stmt = insert(job_events)
 
     # --- submission -------------------------------------------------------------------------------------
 
@@ -201,42 +203,47 @@ class JobRepository:
         One UPDATE picks and takes the row, so two pilots can never get the same job: SQLite runs it under
         the single writer lock, PostgreSQL skips rows another transaction has locked.
         """
-        check_transition("?", JobState.WAITING, JobState.MATCHED)
+        params = {"tq": tq_id, "pilot": pilot_id, "expires": now + lease_seconds, "now": now}
+        with self.db.write() as conn:
+            row = conn.execute(self._claim_stmt, params).mappings().first()
+            if row is None:
+                return None
+            job = job_from_row(row)
+            conn.execute(
+                self._event_stmt,
+                {
+                    "job_id": job.id,
+                    "at": now,
+                    "from_state": JobState.WAITING.value,
+                    "to_state": JobState.MATCHED.value,
+                    "reason": f"matched to pilot {pilot_id} (attempt {job.attempts})",
+                },
+            )
+        return job
+
+    def _build_claim(self) -> Update:
+        """The claim statement, built once: it runs on every match, where building it would cost more than SQL."""
+        check_transition("claim", JobState.WAITING, JobState.MATCHED)
         pick = (
             select(jobs.c.id)
-            .where(jobs.c.tq_id == tq_id, jobs.c.state == JobState.WAITING.value)
+            .where(jobs.c.tq_id == bindparam("tq"), jobs.c.state == JobState.WAITING.value)
             .order_by(jobs.c.id)
             .limit(1)
         )
         if self.db.is_postgres:
             pick = pick.with_for_update(skip_locked=True)
-        stmt = (
+        return (
             update(jobs)
             .where(jobs.c.id == pick.scalar_subquery(), jobs.c.state == JobState.WAITING.value)
             .values(
                 state=JobState.MATCHED.value,
-                pilot_id=pilot_id,
+                pilot_id=bindparam("pilot"),
                 attempts=jobs.c.attempts + 1,
-                lease_expires_at=now + lease_seconds,
-                updated_at=now,
+                lease_expires_at=bindparam("expires"),
+                updated_at=bindparam("now"),
             )
             .returning(*jobs.c)
         )
-        with self.db.write() as conn:
-            row = conn.execute(stmt).mappings().first()
-            if row is None:
-                return None
-            job = job_from_row(row)
-            conn.execute(
-                insert(job_events).values(
-                    job_id=job.id,
-                    at=now,
-                    from_state=JobState.WAITING.value,
-                    to_state=JobState.MATCHED.value,
-                    reason=f"matched to pilot {pilot_id} (attempt {job.attempts})",
-                )
-            )
-        return job
 
     def heartbeat(
         self,

@@ -131,7 +131,9 @@ def test_full_lease_protocol_and_fencing(server: RunningServer) -> None:
     lease = r.json()["lease"]["token"]
     assert r.json()["job"]["id"] == job_id and lease == 1
     r = pilot.get(f"/api/v1/jobs/{job_id}/input", params={"lease_token": lease})
-    assert r.status_code == 200 and tarfile.open(fileobj=io.BytesIO(r.content)).getnames() == ["in.txt"]
+    assert r.status_code == 200
+    with tarfile.open(fileobj=io.BytesIO(r.content)) as tar:
+        assert tar.getnames() == ["in.txt"]
     assert other_vo.get(f"/api/v1/jobs/{job_id}/input", params={"lease_token": lease}).status_code == 403
     assert pilot.post(f"/api/v1/jobs/{job_id}/report", json={"lease_token": lease, "state": "running"}).is_success
     r = pilot.post(f"/api/v1/jobs/{job_id}/heartbeat", json={"lease_token": lease, "progress": "3/10"})
@@ -209,6 +211,6 @@ def test_multicore_offer_and_fair_share_between_users(server: RunningServer) -> 
     assert sorted(owners) == ["a", "a", "a", "b", "b", "b"]  # alternates between the two users
     job = pilot.post("/api/v1/pilots/match", json={"pilot_id": pid, "cores": 4}).json()["job"]
     assert job["cores"] in (1, 4)
-    big = [j for j in all_jobs(server) if j["spec"]["executable"] == "big"][0]
+    big = next(j for j in all_jobs(server) if j["spec"]["executable"] == "big")
     r = pilot.post("/api/v1/pilots/match", json={"pilot_id": pid, "cores": 3})
     assert r.status_code == 200 and r.json()["job"]["id"] != big["id"]

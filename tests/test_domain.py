@@ -1,5 +1,7 @@
 """The domain's rules: job states, job descriptions, parametric expansion, offers."""
 
+import itertools
+
 import pytest
 from pydantic import ValidationError
 
@@ -25,7 +27,7 @@ def test_final_states_allow_no_transition() -> None:
 
 def test_life_of_a_job_follows_the_table() -> None:
     path = [JobState.WAITING, JobState.MATCHED, JobState.RUNNING, JobState.WAITING, JobState.MATCHED]
-    for current, target in zip(path, path[1:], strict=False):
+    for current, target in itertools.pairwise(path):
         check_transition(1, current, target)
     with pytest.raises(IllegalTransition, match="'waiting' to 'running'"):
         check_transition(1, JobState.WAITING, JobState.RUNNING)

@@ -4,11 +4,31 @@ from __future__ import annotations
 
 import typer
 
+from cloudpilot.cli import demo as demo_cmds
+from cloudpilot.cli import jobs as job_cmds
+from cloudpilot.cli import pilot as pilot_cmds
 from cloudpilot.cli import server as server_cmds
 
-app = typer.Typer(help="cloudpilot: batch workloads on clouds without a batch system.", no_args_is_help=True)
+app = typer.Typer(
+    help="cloudpilot: batch workloads on clouds without a batch system.",
+    no_args_is_help=True,
+    # A traceback with locals would print tokens; expected errors never reach it (they are "error: ...").
+    pretty_exceptions_show_locals=False,
+)
 token_app = typer.Typer(help="Manage tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 
 app.command("server")(server_cmds.server)
 token_app.command("create")(server_cmds.token_create)
+
+app.command("submit")(job_cmds.submit)
+app.command("jobs")(job_cmds.jobs)
+app.command("job")(job_cmds.job)
+app.command("kill")(job_cmds.kill)
+app.command("output")(job_cmds.output)
+app.command("wait")(job_cmds.wait)
+app.command("pilot", context_settings=pilot_cmds.CONTEXT_SETTINGS, add_help_option=False)(pilot_cmds.pilot)
+app.command("demo")(demo_cmds.demo)
+
+if __name__ == "__main__":
+    app()

@@ -3,6 +3,7 @@
 ClientError                 root; carries status, code, message, field
 ├── JobFileError            a job file or an input file is unusable; found before anything is sent
 ├── WaitTimedOut            ``wait`` gave up before every job was final
+├── UnsafeArchive           an output archive with a member that would land outside the destination
 ├── InvalidRequest          400 bad_request, 422 invalid (``field`` names the culprit)
 ├── Unauthenticated         401: missing, unknown, expired or revoked token        (fatal)
 ├── Forbidden               403: the token may not do this (another user's job)    (fatal)
@@ -38,6 +39,10 @@ class WaitTimedOut(ClientError):
     def __init__(self, message: str, counts: dict[str, int]) -> None:
         super().__init__(message)
         self.counts = counts
+
+
+class UnsafeArchive(ClientError):
+    pass
 
 
 class InvalidRequest(ClientError):

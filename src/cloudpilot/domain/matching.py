@@ -59,16 +59,24 @@ def task_queue_key(vo: str, owner: str, priority: int, req: Requirements, wall_s
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def fits(tq: TaskQueue, offer: Offer) -> bool:
-    """Whether every job of ``tq`` may run in the slot ``offer`` describes."""
+def fits_place(tq: TaskQueue, tags: frozenset[str] | tuple[str, ...], site: str | None) -> bool:
+    """The set-based half of the fit: the slot has every tag the jobs need, and its site is admitted."""
+    if tq.tags and not tq.tags.issubset(tags):
+        return False
+    if site is not None and site in tq.sites_deny:
+        return False
+    return not tq.sites_allow or site in tq.sites_allow
+
+
+def fits_size(tq: TaskQueue, offer: Offer) -> bool:
+    """The numeric half of the fit: cores, memory and wall time."""
     if tq.cores > offer.cores:
         return False
     if tq.memory_mb is not None and offer.memory_mb is not None and tq.memory_mb > offer.memory_mb:
         return False
-    if offer.seconds_left is not None and tq.wall_seconds > offer.seconds_left:
-        return False
-    if tq.tags and not tq.tags.issubset(offer.tags):
-        return False
-    if offer.site is not None and offer.site in tq.sites_deny:
-        return False
-    return not tq.sites_allow or offer.site in tq.sites_allow
+    return offer.seconds_left is None or tq.wall_seconds <= offer.seconds_left
+
+
+def fits(tq: TaskQueue, offer: Offer) -> bool:
+    """Whether every job of ``tq`` may run in the slot ``offer`` describes."""
+    return fits_size(tq, offer) and fits_place(tq, offer.tags, offer.site)

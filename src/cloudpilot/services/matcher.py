@@ -8,13 +8,13 @@ class in one atomic UPDATE. A class found empty is dropped from the snapshot unt
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.jobs import Job
 from cloudpilot.domain.matching import Offer, TaskQueue
 from cloudpilot.policy.fairshare import ShareState, UsageRecord, build_share_state
-from cloudpilot.policy.matching import rank
+from cloudpilot.policy.matching import OwnerGroup, order, place_groups
 from cloudpilot.store.jobs import JobRepository
 
 
@@ -23,6 +23,24 @@ class _Snapshot:
     taken_at: float
     task_queues: dict[int, TaskQueue]
     shares: ShareState
+    # (tags, site, VO) -> groups; kept across refreshes until a new task queue appears.
+    by_place: dict[tuple[tuple[str, ...], str | None, str | None], tuple[OwnerGroup, ...]] = field(
+        default_factory=dict
+    )
+    empty: set[int] = field(default_factory=set)  # task queues found empty since the snapshot was taken
+
+    def groups_for(self, offer: Offer, vo: str | None) -> tuple[OwnerGroup, ...]:
+        key = (offer.tags, offer.site, vo)
+        groups = self.by_place.get(key)
+        if groups is None:
+            if len(self.by_place) > MAX_CACHED_PLACES:
+                self.by_place.clear()
+            groups = place_groups(self.task_queues.values(), offer.tags, offer.site, None if vo is None else (vo,))
+            self.by_place[key] = groups
+        return groups
+
+
+MAX_CACHED_PLACES = 20_000
 
 
 class MatchService:
@@ -42,14 +60,17 @@ class MatchService:
         """Lease one job to ``pilot_id``, or ``None``. ``vo`` limits the pilot to one VO's jobs."""
         snapshot = self._current(now)
         with self._lock:
-            candidates = rank(offer, list(snapshot.task_queues.values()), snapshot.shares, None if vo is None else {vo})
-        for tq in candidates:
+            groups = snapshot.groups_for(offer, vo)
+            shares = snapshot.shares
+        for tq in order(groups, shares, offer):
+            if tq.id in snapshot.empty:
+                continue
             job = self.jobs.claim(tq.id, pilot_id, now, self.config.lease.seconds)
             if job is not None:
                 self._charge(snapshot, job)
                 return job
             with self._lock:
-                snapshot.task_queues.pop(tq.id, None)
+                snapshot.empty.add(tq.id)
         return None
 
     def _charge(self, snapshot: _Snapshot, job: Job) -> None:
@@ -64,20 +85,38 @@ class MatchService:
             snapshot.shares = ShareState(vos, user, s.vo_shares, s.default_share)
 
     def _current(self, now: float) -> _Snapshot:
+        """The snapshot to rank with. After new work it is reloaded before answering; when it is merely old,
+        the reload runs in the background and matches go on with the old one meanwhile (its empty classes are
+        skipped, and a class it lacks waits at most one more refresh)."""
         with self._lock:
             snap = self._snapshot
-        if snap is not None and now - snap.taken_at < self.config.matcher.snapshot_seconds:
-            return snap
-        # One thread refreshes; the others keep using the previous snapshot meanwhile, if there is one.
-        if not self._refreshing.acquire(blocking=snap is None):
-            return snap  # type: ignore[return-value]
+        if snap is None:
+            with self._refreshing:
+                with self._lock:
+                    if self._snapshot is not None:
+                        return self._snapshot
+                return self._refresh(now, None)
+        if now - snap.taken_at >= self.config.matcher.snapshot_seconds and self._refreshing.acquire(blocking=False):
+            threading.Thread(target=self._refresh_in_background, args=(now, snap), daemon=True).start()
+        return snap
+
+    def _refresh_in_background(self, now: float, previous: _Snapshot) -> None:
         try:
-            fresh = self._load(now)
-            with self._lock:
-                self._snapshot = fresh
-            return fresh
+            self._refresh(now, previous)
         finally:
             self._refreshing.release()
+
+    def _refresh(self, now: float, previous: _Snapshot | None) -> _Snapshot:
+        fresh = self._load(now)
+        if previous is not None and fresh.task_queues.keys() <= previous.task_queues.keys():
+            # No new class: what each place admits is unchanged, minus the classes that emptied.
+            fresh.by_place = previous.by_place
+            fresh.empty = set(previous.task_queues.keys() - fresh.task_queues.keys())
+        with self._lock:
+            # An invalidation (new work) that came in meanwhile wins: the next match reloads again.
+            if self._snapshot is previous:
+                self._snapshot = fresh
+        return fresh
 
     def _load(self, now: float) -> _Snapshot:
         task_queues = {tq.id: tq for tq in self.jobs.waiting_task_queues()}

@@ -18,6 +18,7 @@ from cloudpilot.domain.matching import TaskQueue, task_queue_key
 from cloudpilot.domain.usage import decayed
 from cloudpilot.store.database import Database
 from cloudpilot.store.errors import Conflict, NotFound
+from cloudpilot.store.fastpath import CompiledStatement
 from cloudpilot.store.rows import event_from_row, job_from_row, task_queue_from_row
 from cloudpilot.store.schema import job_events, jobs, task_queues, usage
 
@@ -34,8 +35,17 @@ class Requeued:
 class JobRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._claim_stmt = self._build_claim()
-        self._event_stmt = insert(job_events)
+        self._claim_stmt = CompiledStatement(self._build_claim(), db.engine)
+        self._event_stmt = CompiledStatement(
+            insert(job_events).values(
+                job_id=bindparam("job_id"),
+                at=bindparam("at"),
+                from_state=bindparam("from_state"),
+                to_state=bindparam("to_state"),
+                reason=bindparam("reason"),
+            ),
+            db.engine,
+        )
 
     # --- submission -------------------------------------------------------------------------------------
 
@@ -205,12 +215,12 @@ class JobRepository:
         """
         params = {"tq": tq_id, "pilot": pilot_id, "expires": now + lease_seconds, "now": now}
         with self.db.write() as conn:
-            row = conn.execute(self._claim_stmt, params).mappings().first()
+            row = self._claim_stmt.first(conn, params)
             if row is None:
                 return None
             job = job_from_row(row)
-            conn.execute(
-                self._event_stmt,
+            self._event_stmt.run(
+                conn,
                 {
                     "job_id": job.id,
                     "at": now,

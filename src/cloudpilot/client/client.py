@@ -1,0 +1,231 @@
+"""``CloudpilotClient``: the user's side of the REST API (docs/rest-api.md) over a synchronous httpx client."""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+import httpx
+
+from cloudpilot.client.errors import ClientError, ServerUnavailable, WaitTimedOut, error_for_status
+from cloudpilot.client.jobfile import check_input_files, plan_submission
+from cloudpilot.client.sandbox import extract_safely, packed
+from cloudpilot.domain.jobs import FINAL_STATES, JobState
+
+API = "/api/v1"
+PAGE_SIZE = 1000
+# Below this many unfinished jobs, ``wait`` asks for each; above, it pages through the caller's list instead.
+FEW_JOBS = 20
+
+ProgressCallback = Callable[[dict[str, int]], None]
+
+
+class CloudpilotClient:
+    """A user's (or admin's) connection to one cloudpilot server.
+
+    Every method raises a :class:`~cloudpilot.client.errors.ClientError` subclass on failure, never an httpx
+    error. ``transport`` lets tests hand in an ``httpx.MockTransport`` or an ASGI transport.
+    """
+
+    def __init__(
+        self, url: str, token: str, timeout: float = 30, *, transport: httpx.BaseTransport | None = None
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+        try:
+            self._http = httpx.Client(
+                base_url=self.url,
+                headers={"Authorization": f"Bearer {token}", "User-Agent": "cloudpilot-client"},
+                timeout=timeout,
+                transport=transport,
+            )
+        except httpx.InvalidURL as exc:
+            raise ClientError(f"invalid server URL {url!r}: {exc}") from exc
+
+    # -- plumbing -------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> CloudpilotClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _translate(self, what: str) -> Iterator[None]:
+        """Turn httpx's exceptions into ours; the token is in a header, so it never reaches a message."""
+        try:
+            yield
+        except httpx.TimeoutException as exc:
+            raise ServerUnavailable(
+                f"the server at {self.url} did not answer {what} within {self.timeout:g} s"
+            ) from exc
+        except httpx.UnsupportedProtocol as exc:
+            raise ClientError(f"cannot use server URL {self.url!r}: {exc}") from exc
+        except httpx.TransportError as exc:
+            raise ServerUnavailable(f"cannot reach the server at {self.url} ({what}): {exc}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise ClientError(f"{what} failed: {exc}") from exc
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        with self._translate(f"{method} {API}{path}"):
+            response = self._http.request(method, API + path, **kwargs)
+        _raise_for_error(response)
+        return response
+
+    # -- jobs -----------------------------------------------------------------------------------------------
+
+    def health(self) -> dict[str, Any]:
+        """``{"status": "ok", "version": ...}``; needs no valid token."""
+        return self._request("GET", "/health").json()
+
+    def submit(self, specs_or_document: object, base_dir: Path = Path(".")) -> list[int]:
+        """Submit what a job file holds (a job, a list of jobs, or a parametric job); return the ids in order.
+
+        Each distinct set of ``input_files`` (relative to ``base_dir``) is packed and uploaded once, and its
+        sandbox id set as the jobs' ``input_sandbox`` (jobs that already name an ``input_sandbox`` are sent as
+        they are). The document is checked and every input file looked for before anything is sent.
+        """
+        plan = plan_submission(specs_or_document)
+        for names in plan.sandboxes:
+            check_input_files(base_dir, names)
+        for names, jobs in plan.sandboxes.items():
+            with packed(base_dir, names) as archive:
+                sandbox_id = self.upload_sandbox(archive)
+            for job in jobs:
+                job["input_sandbox"] = sandbox_id
+        return list(self._request("POST", "/jobs", json=plan.body).json()["ids"])
+
+    def upload_sandbox(self, archive: IO[bytes] | bytes) -> str:
+        """Upload a gzipped tar; return its content id ``sha256:<hex>``."""
+        headers = {"Content-Type": "application/octet-stream"}
+        return self._request("POST", "/sandboxes", content=archive, headers=headers).json()["id"]
+
+    def iter_jobs(self, state: JobState | str | None = None, after_id: int = 0) -> Iterator[dict[str, Any]]:
+        """The caller's jobs with ids above ``after_id``, oldest first, a page at a time."""
+        while True:
+            params: dict[str, Any] = {"limit": PAGE_SIZE, "after_id": after_id}
+            if state is not None:
+                params["state"] = str(state)
+            page = self._request("GET", "/jobs", params=params).json()
+            yield from page["jobs"]
+            if page.get("next_after_id") is None:
+                return
+            after_id = page["next_after_id"]
+
+    def jobs(self, state: JobState | str | None = None) -> list[dict[str, Any]]:
+        """All the caller's jobs (an admin's: everyone's), oldest first, following the pagination."""
+        return list(self.iter_jobs(state))
+
+    def job(self, job_id: int) -> dict[str, Any]:
+        """One job with its ``history``."""
+        return self._request("GET", f"/jobs/{job_id}").json()
+
+    def summary(self) -> dict[str, int]:
+        """How many of the caller's jobs are in each state."""
+        return self._request("GET", "/jobs/summary").json()["counts"]
+
+    def kill(self, job_id: int) -> dict[str, Any]:
+        """Kill a job that is not final yet; :class:`ConflictError` if it is."""
+        return self._request("POST", f"/jobs/{job_id}/kill").json()
+
+    def output(self, job_id: int, dest: Path) -> list[Path]:
+        """Download a job's output sandbox and extract it into ``dest``; return the files written."""
+        path = f"/jobs/{job_id}/output"
+        with tempfile.TemporaryFile() as archive:
+            with self._translate(f"GET {API}{path}"), self._http.stream("GET", API + path) as response:
+                if response.is_error:
+                    response.read()
+                    _raise_for_error(response)
+                for chunk in response.iter_bytes():
+                    archive.write(chunk)
+            archive.seek(0)
+            return extract_safely(archive, dest)
+
+    def wait(
+        self,
+        ids: Iterable[int] | None = None,
+        poll: float = 1.0,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> dict[str, int]:
+        """Poll until every job in ``ids`` (default: all the caller's jobs) is final; return the counts per state.
+
+        ``on_progress`` gets the counts after every poll. Raises :class:`WaitTimedOut` after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        watched = None if ids is None else sorted(set(ids))
+        final: dict[int, str] = {}  # a final state never changes, so those jobs are not asked about again
+        while True:
+            counts = self.summary() if watched is None else self._counts_of(watched, final)
+            if on_progress is not None:
+                on_progress(counts)
+            if not any(counts.get(s.value, 0) for s in JobState if not s.is_final):
+                return counts
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                left = sum(counts.get(s.value, 0) for s in JobState if not s.is_final)
+                raise WaitTimedOut(f"{left} jobs are not final after {timeout:g} s", counts)
+            time.sleep(poll if deadline is None else max(0.0, min(poll, deadline - now)))
+
+    def _counts_of(self, ids: list[int], final: dict[int, str]) -> dict[str, int]:
+        pending = [i for i in ids if i not in final]
+        current: dict[int, str] = {}
+        if len(pending) <= FEW_JOBS:
+            current = {i: self.job(i)["state"] for i in pending}
+        else:
+            wanted, last = set(pending), pending[-1]
+            for job in self.iter_jobs(after_id=pending[0] - 1):
+                if job["id"] > last:
+                    break
+                if job["id"] in wanted:
+                    current[job["id"]] = job["state"]
+            for missing in wanted - current.keys():
+                current[missing] = self.job(missing)["state"]  # raises NotFound/Forbidden with the server's words
+        counts = {s.value: 0 for s in JobState}
+        for job_id, state in current.items():
+            if JobState(state) in FINAL_STATES:
+                final[job_id] = state
+            counts[state] += 1
+        for job_id in ids:
+            if job_id in final and job_id not in current:
+                counts[final[job_id]] += 1
+        return counts
+
+    # -- tokens ---------------------------------------------------------------------------------------------
+
+    def create_token(self, role: str, name: str, vo: str | None = None, site: str | None = None) -> str:
+        """Issue a token (admin only); return the secret, which the server shows only this once."""
+        body = {"role": str(role), "name": name, "vo": vo, "site": site}
+        return self._request("POST", "/tokens", json={k: v for k, v in body.items() if v is not None}).json()["token"]
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    """Raise the error class of the status, with the server's ``{"error": {code, message, field}}`` when given."""
+    if not response.is_error:
+        return
+    code = field = None
+    message = ""
+    try:
+        data = response.json()
+        error = data.get("error") if isinstance(data, dict) else None
+        if isinstance(error, dict):
+            code, message, field = error.get("code"), str(error.get("message") or ""), error.get("field")
+    except ValueError:
+        pass
+    if not message:
+        # Not a cloudpilot error body (a proxy, a load balancer, a wrong URL): say who was asked and what came back.
+        text = response.text.strip().replace("\n", " ")[:200]
+        request = response.request
+        message = f"{request.method} {request.url} answered HTTP {response.status_code} {response.reason_phrase}"
+        message += f": {text}" if text else " (is the server URL right?)"
+    raise error_for_status(response.status_code)(message, status=response.status_code, code=code, field=field)

@@ -1,0 +1,264 @@
+"""An in-memory :class:`~cloudpilot.pilot.transport.Transport` for tests of the pilot's logic.
+
+It plays a small task queue (first-come first-served, jobs fit an offer by cores, memory and seconds left),
+records every call, and has failure switches: unreachable for the next N calls, a lost lease, a job killed by
+its owner, a refused call. Long polls really wait (up to ``wait_seconds``) and end as soon as a job is added.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudpilot.pilot.errors import LeaseLost, RequestRejected, ServerUnreachable, TransportError
+
+FINAL = ("done", "failed", "killed")
+
+
+@dataclass
+class FakeJob:
+    """A job in the fake queue; ``state`` follows the server's states (plus ``lost`` for a lease taken away)."""
+
+    id: int
+    executable: str
+    arguments: list[str]
+    cores: int = 1
+    memory_mb: int | None = None
+    wall_seconds: int = 600
+    environment: dict[str, str] = field(default_factory=dict)
+    input_sandbox: str | None = None
+    output_files: list[str] = field(default_factory=list)
+    name: str = ""
+    state: str = "waiting"
+    attempt: int = 0
+
+    def as_order(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name or f"job-{self.id}",
+            "executable": self.executable,
+            "arguments": list(self.arguments),
+            "environment": dict(self.environment),
+            "input_sandbox": self.input_sandbox,
+            "input_files": [],
+            "output_files": list(self.output_files),
+            "cores": self.cores,
+            "memory_mb": self.memory_mb,
+            "wall_seconds": self.wall_seconds,
+            "attempt": self.attempt,
+        }
+
+
+@dataclass(frozen=True)
+class Call:
+    """One call as the fake saw it: its method name, its arguments, when (monotonic), and whether it failed."""
+
+    method: str
+    args: dict[str, Any]
+    at: float
+    failed: bool = False
+
+
+class FakeTransport:
+    """The fake server. All public methods are thread-safe."""
+
+    def __init__(self, *, lease_seconds: float = 90, heartbeat_seconds: float = 30, pilot_id: str = "pilot-1"):
+        self.lease_seconds, self.heartbeat_seconds, self.pilot_id = lease_seconds, heartbeat_seconds, pilot_id
+        self._cond = threading.Condition()
+        self.jobs: dict[int, FakeJob] = {}
+        self.sandboxes: dict[str, bytes] = {}
+        self.outputs: dict[int, bytes] = {}
+        self.halts: list[dict[str, Any]] = []
+        self.calls: list[Call] = []
+        self._unreachable = 0
+        self._unreachable_methods: frozenset[str] | None = None
+        self._rejections: dict[str, int] = {}
+
+    # --- setting the scene ------------------------------------------------------------------------------------
+
+    def add_job(
+        self,
+        executable: str,
+        arguments: Iterable[str] = (),
+        *,
+        cores: int = 1,
+        memory_mb: int | None = None,
+        wall_seconds: int = 600,
+        environment: dict[str, str] | None = None,
+        input_sandbox: str | None = None,
+        output_files: Iterable[str] = (),
+        name: str = "",
+    ) -> int:
+        """Queue a job; its id. A waiting long poll that it fits gets it at once."""
+        with self._cond:
+            job_id = len(self.jobs) + 1
+            self.jobs[job_id] = FakeJob(
+                job_id, executable, list(arguments), cores, memory_mb, wall_seconds,
+                dict(environment or {}), input_sandbox, list(output_files), name,
+            )  # fmt: skip
+            self._cond.notify_all()
+            return job_id
+
+    def add_sandbox(self, data: bytes) -> str:
+        """Store an input sandbox; the id to give to :meth:`add_job`."""
+        with self._cond:
+            sandbox_id = f"sha256:fake{len(self.sandboxes)}"
+            self.sandboxes[sandbox_id] = data
+            return sandbox_id
+
+    # --- failure switches -------------------------------------------------------------------------------------
+
+    def go_unreachable(self, calls: int, methods: Iterable[str] | None = None) -> None:
+        """The next ``calls`` calls (of ``methods`` only, if given) fail with :class:`ServerUnreachable`."""
+        with self._cond:
+            self._unreachable = calls
+            self._unreachable_methods = frozenset(methods) if methods is not None else None
+
+    def lose_lease(self, job_id: int) -> None:
+        """As if the reaper had taken the job away: every later call about it gets a 409."""
+        with self._cond:
+            self.jobs[job_id].state = "lost"
+
+    def kill_job(self, job_id: int) -> None:
+        """As if the owner had killed the job: heartbeats answer ``kill``, reports get a 409."""
+        with self._cond:
+            self.jobs[job_id].state = "killed"
+
+    def reject(self, method: str, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` get a 403 (:class:`RequestRejected`)."""
+        with self._cond:
+            self._rejections[method] = times
+
+    # --- looking at what happened -----------------------------------------------------------------------------
+
+    def calls_of(self, method: str, *, failed: bool | None = False) -> list[Call]:
+        """The calls of ``method`` (by default only those that succeeded)."""
+        with self._cond:
+            return [c for c in self.calls if c.method == method and (failed is None or c.failed == failed)]
+
+    def reports(self, job_id: int) -> list[dict[str, Any]]:
+        """The bodies of the accepted reports about ``job_id``, in order."""
+        return [c.args["body"] for c in self.calls_of("report") if c.args["job_id"] == job_id]
+
+    def state(self, job_id: int) -> str:
+        with self._cond:
+            return self.jobs[job_id].state
+
+    def wait_until(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Poll ``predicate`` until it holds (``True``) or ``timeout`` seconds pass (``False``)."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    # --- the Transport protocol -------------------------------------------------------------------------------
+
+    def register(self, info: dict[str, Any]) -> dict[str, Any]:
+        self._enter("register", {"info": info})
+        return {"id": self.pilot_id, "lease_seconds": self.lease_seconds, "heartbeat_seconds": self.heartbeat_seconds}
+
+    def match(self, offer: dict[str, Any]) -> dict[str, Any] | None:
+        self._enter("match", {"offer": offer})
+        deadline = time.monotonic() + float(offer.get("wait_seconds") or 0)
+        with self._cond:
+            while True:
+                job = next((j for j in self.jobs.values() if j.state == "waiting" and _fits(j, offer)), None)
+                if job is not None:
+                    job.state, job.attempt = "matched", job.attempt + 1
+                    expires = time.time() + self.lease_seconds
+                    lease = {"token": job.attempt, "expires_at": expires, "seconds": self.lease_seconds}
+                    return {"job": job.as_order(), "lease": lease}
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def download_input(self, job_id: int, lease_token: int, dest: Path) -> None:
+        job = self._job_call("download_input", job_id, lease_token, {})
+        with self._cond:
+            data = self.sandboxes.get(job.input_sandbox or "")
+        if data is None:
+            raise RequestRejected(f"job {job_id} has no input sandbox", status=404, code="not_found")
+        dest.write_bytes(data)
+
+    def heartbeat(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        job = self._job_call("heartbeat", job_id, body.get("lease_token"), {"body": body}, allow_killed=True)
+        action = "kill" if job.state == "killed" else "continue"
+        return {"lease_expires_at": time.time() + self.lease_seconds, "action": action}
+
+    def upload_output(self, job_id: int, lease_token: int, archive: Path) -> dict[str, Any]:
+        data = archive.read_bytes()
+        self._job_call("upload_output", job_id, lease_token, {"size": len(data)})
+        with self._cond:
+            self.outputs[job_id] = data
+        return {"id": f"sha256:out{job_id}", "size": len(data)}
+
+    def report(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        state = body.get("state")
+        if state == "done" and body.get("exit_code") not in (0, None):
+            self._record("report", {"job_id": job_id, "body": body}, failed=True)
+            raise RequestRejected("a job with a non-zero exit code is failed, not done", status=422, code="invalid")
+        job = self._job_call("report", job_id, body.get("lease_token"), {"body": body})
+        with self._cond:
+            job.state = str(state)
+        return {"id": job_id, "state": state}
+
+    def halt(self, pilot_id: str, code: int, message: str) -> None:
+        self._enter("halt", {"pilot_id": pilot_id, "code": code, "message": message})
+        with self._cond:
+            self.halts.append({"pilot_id": pilot_id, "code": code, "message": message})
+
+    # --- plumbing ---------------------------------------------------------------------------------------------
+
+    def _record(self, method: str, args: dict[str, Any], failed: bool) -> None:
+        with self._cond:
+            self.calls.append(Call(method, args, time.monotonic(), failed))
+
+    def _enter(self, method: str, args: dict[str, Any], check: Callable[[], None] | None = None) -> None:
+        """Apply the failure switches, then ``check``; record the call either way."""
+        with self._cond:
+            try:
+                methods = self._unreachable_methods
+                if self._unreachable > 0 and (methods is None or method in methods):
+                    self._unreachable -= 1
+                    raise ServerUnreachable(f"{method}: the fake server is unreachable")
+                if self._rejections.get(method, 0) > 0:
+                    self._rejections[method] -= 1
+                    raise RequestRejected(f"{method}: refused by the fake server", status=403, code="forbidden")
+                if check is not None:
+                    check()
+            except TransportError:
+                self.calls.append(Call(method, args, time.monotonic(), failed=True))
+                raise
+            self.calls.append(Call(method, args, time.monotonic()))
+
+    def _job_call(
+        self, method: str, job_id: int, lease_token: Any, args: dict[str, Any], allow_killed: bool = False
+    ) -> FakeJob:
+        """Like a job call on the server: a 409 unless ``lease_token`` is the job's current, live lease."""
+        job = self.jobs.get(job_id)
+
+        def check() -> None:
+            live = ("matched", "running", "killed") if allow_killed else ("matched", "running")
+            if job is None or lease_token != job.attempt or job.state not in live:
+                raise LeaseLost(f"{method}: job {job_id} is not held with lease {lease_token}", status=409)
+
+        self._enter(method, {"job_id": job_id, **args}, check)
+        assert job is not None
+        return job
+
+
+def _fits(job: FakeJob, offer: dict[str, Any]) -> bool:
+    if job.cores > int(offer.get("cores") or 1):
+        return False
+    memory = offer.get("memory_mb")
+    if job.memory_mb is not None and memory is not None and job.memory_mb > memory:
+        return False
+    left = offer.get("seconds_left")
+    return left is None or job.wall_seconds <= left

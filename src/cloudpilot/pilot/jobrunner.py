@@ -1,0 +1,271 @@
+"""One job on this pilot, from its lease to its report: input, payload, heartbeats, output, report.
+
+Each job runs in a thread of its own. Results are kept (in the job directory and the thread) until they are
+delivered: while the server is unreachable every call is retried with backoff for ``give_up_seconds``. A 409
+means the lease is someone else's now, and the job is dropped without another word; so is a job whose owner
+killed it. Any other 4xx is fatal for the job and is logged.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from cloudpilot.pilot.assignment import Assignment
+from cloudpilot.pilot.config import PilotConfig
+from cloudpilot.pilot.errors import GaveUp, LeaseLost, ProtocolError, RequestRejected, Stopped, UnsafeArchive
+from cloudpilot.pilot.heartbeat import Heartbeater
+from cloudpilot.pilot.payload import Outcome, Payload, Usage, supervise
+from cloudpilot.pilot.retry import with_retries
+from cloudpilot.pilot.sandbox import JOB_LOG, extract_safely, pack_outputs
+from cloudpilot.pilot.transport import Transport
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Variables of the pilot that a payload must not inherit.
+PRIVATE_ENV = ("CLOUDPILOT_TOKEN",)
+
+
+class JobEnd(enum.Enum):
+    """How the pilot parted with a job."""
+
+    DELIVERED = "delivered"  # output uploaded and final state reported
+    DROPPED = "dropped"  # lease lost or job killed by its owner: nothing more to say
+    REJECTED = "rejected"  # the server refused a call about it (a 4xx other than 409)
+    GAVE_UP = "gave up"  # the server stayed unreachable
+    STOPPED = "stopped"  # the pilot is leaving
+    BROKEN = "broken"  # a local error (a full disk, say) kept the pilot from finishing it
+
+
+class _Aborted(Exception):
+    """The job was stopped by its heartbeat (kill, lease lost) or by the pilot; raised between steps."""
+
+
+class JobRunner:
+    """Runs one :class:`Assignment` in a thread; the agent is told when its cores are free and when it is over."""
+
+    def __init__(
+        self,
+        assignment: Assignment,
+        *,
+        transport: Transport,
+        config: PilotConfig,
+        heartbeat_every: float,
+        clock: Callable[[], float],
+        sleep: Callable[[float], object],
+        stop: threading.Event,
+        on_cores_free: Callable[[JobRunner], None],
+        on_end: Callable[[JobRunner], None],
+    ) -> None:
+        self.job, self.lease = assignment.job, assignment.lease
+        self.transport, self.config = transport, config
+        self.clock, self.sleep, self.stop_all = clock, sleep, stop
+        self.on_cores_free, self.on_end = on_cores_free, on_end
+        self.job_dir = config.workdir / self.job.label
+        self.progress_file = config.workdir / f"{self.job.label}.progress"
+        self.archive = config.workdir / f"{self.job.label}.output.tar.gz"
+        self.end: JobEnd | None = None
+        self.abort_reason: str | None = None
+        self._abort = threading.Event()
+        self._payload: Payload | None = None
+        self._outcome: Outcome | None = None
+        self._cores_freed = False
+        self._heartbeat = Heartbeater(
+            transport, self.job.id, self.lease.token, heartbeat_every, self._status, self.abort, self.job.label
+        )
+        self._thread = threading.Thread(target=self._main, name=self.job.label, daemon=True)
+
+    # --- control from the agent -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def abort(self, reason: str) -> None:
+        """Stop the payload now and drop the job without reporting anything more."""
+        if self.abort_reason is None:
+            self.abort_reason = reason
+        self._abort.set()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # --- the job ----------------------------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        label = self.job.label
+        try:
+            self.end = self._run()
+        except GaveUp as exc:
+            log.error("%s: giving up: %s; its results stay in %s", label, exc, self.job_dir)
+            self.end = JobEnd.GAVE_UP
+        except LeaseLost as exc:
+            log.warning("%s: lease lost (%s); dropping the job", label, exc.message)
+            self.end = JobEnd.DROPPED
+        except RequestRejected as exc:
+            log.error("%s: the server refused %s; dropping the job", label, exc.message)
+            self.end = JobEnd.REJECTED
+        except (_Aborted, Stopped):
+            log.info("%s: dropped (%s)", label, self.abort_reason or "the pilot is stopping")
+            self.end = JobEnd.STOPPED if self.stop_all.is_set() else JobEnd.DROPPED
+        except OSError as exc:  # this machine's fault (a full disk): the lease expires, another pilot retries
+            log.error("%s: local error, dropping the job: %s", label, exc)
+            self.end = JobEnd.BROKEN
+        finally:
+            self._abort.set()  # a payload still running is stopped below
+            self._heartbeat.stop()
+            if self._payload is not None and self._payload.poll() is None:
+                self._payload.stop(self.config.kill_grace_seconds)
+            self._free_cores()
+            if self.end is not JobEnd.GAVE_UP:
+                self._clean_up()
+            self.on_end(self)
+
+    def _run(self) -> JobEnd:
+        job, token = self.job, self.lease.token
+        command = " ".join([job.executable, *job.arguments])
+        log.info("%s: %s on %d core(s): %s", job.label, job.name or job.id, job.cores, command)
+        if self.job_dir.exists():
+            shutil.rmtree(self.job_dir)
+        self.job_dir.mkdir(parents=True)
+        self._heartbeat.start()
+        if job.input_sandbox:
+            problem = self._fetch_input()
+            if problem is not None:
+                self._report({"state": "failed", "exit_code": None, "reason": problem})
+                return JobEnd.DELIVERED
+        self._report({"state": "running"})
+        outcome = self._outcome = self._execute()
+        self._free_cores()
+        if outcome.aborted:
+            raise _Aborted
+        names = pack_outputs(self.job_dir, job.output_files, self.archive)
+        log.info("%s: %s; uploading %s", job.label, outcome.reason or "exit code 0", ", ".join(names) or "nothing")
+        self._deliver("upload the output", lambda: self.transport.upload_output(job.id, token, self.archive))
+        usage = outcome.usage
+        final = {
+            "state": outcome.state,
+            "exit_code": outcome.exit_code,
+            "reason": outcome.reason or None,
+            "cpu_seconds": usage.cpu_seconds,
+            "max_rss_bytes": usage.max_rss_bytes or None,  # 0: ended before it could be measured
+        }
+        answer = self._report(final)
+        log.info("%s: reported %s; the server says %s", job.label, outcome.state, answer.get("state", "?"))
+        return JobEnd.DELIVERED
+
+    def _fetch_input(self) -> str | None:
+        """Download and unpack the input sandbox; the reason the job cannot run, or ``None``."""
+        job = self.job
+        archive = self.config.workdir / f"{job.label}.input.tar.gz"
+        try:
+            token = self.lease.token
+            self._deliver("download the input", lambda: self.transport.download_input(job.id, token, archive))
+            files = extract_safely(archive, self.job_dir)
+            log.info("%s: input sandbox unpacked (%d files)", job.label, len(files))
+            return None
+        except RequestRejected as exc:
+            log.error("%s: cannot get the input sandbox: %s", job.label, exc.message)
+            return f"input sandbox unavailable: {exc.message}"
+        except (UnsafeArchive, OSError) as exc:
+            log.error("%s: bad input sandbox: %s", job.label, exc)
+            return f"bad input sandbox: {exc}"
+        finally:
+            archive.unlink(missing_ok=True)
+
+    def _execute(self) -> Outcome:
+        job = self.job
+        log_path = self.job_dir / JOB_LOG
+        try:
+            payload = self._payload = Payload.start(
+                [self._executable(), *job.arguments],
+                cwd=self.job_dir,
+                env=self._environment(),
+                log_path=log_path,
+                progress_file=self.progress_file,
+            )
+        except OSError as exc:
+            with open(log_path, "a") as f:
+                f.write(f"cloudpilot: cannot start {job.executable!r}: {exc}\n")
+            return Outcome(None, start_error=str(exc))
+        return supervise(
+            payload,
+            wall_seconds=job.wall_seconds,
+            abort=self._abort,
+            grace=self.config.kill_grace_seconds,
+            clock=self.clock,
+        )
+
+    def _executable(self) -> str:
+        """A bare name that is a file of the input sandbox runs from there; anything else is looked up on PATH."""
+        exe = self.job.executable
+        local = self.job_dir / exe
+        return str(local) if "/" not in exe and local.is_file() else exe
+
+    def _environment(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ENV}
+        env.update(self.job.environment)
+        env["CLOUDPILOT_JOB_ID"] = str(self.job.id)
+        env["CLOUDPILOT_PROGRESS_FILE"] = str(self.progress_file)
+        env["CLOUDPILOT_CORES"] = str(self.job.cores)
+        return env
+
+    # --- talking to the server -------------------------------------------------------------------------------
+
+    def _report(self, body: dict[str, Any]) -> dict[str, Any]:
+        doc = {"lease_token": self.lease.token, **body}
+        return self._deliver(f"report {body['state']}", lambda: self.transport.report(self.job.id, doc))
+
+    def _deliver(self, what: str, call: Callable[[], T]) -> T:
+        """``call()`` with retries while the server is unreachable; nothing at all once the job is aborted."""
+
+        def attempt() -> T:
+            if self._abort.is_set():
+                raise _Aborted
+            try:
+                return call()
+            except ProtocolError as exc:
+                raise RequestRejected(str(exc)) from exc
+
+        return with_retries(
+            attempt,
+            what=f"{self.job.label}: {what}",
+            give_up_seconds=self.config.give_up_seconds,
+            clock=self.clock,
+            sleep=self.sleep,
+            stop=self.stop_all,
+        )
+
+    def _status(self) -> dict[str, Any]:
+        """The heartbeat's body: usage and progress of the payload so far."""
+        payload = self._payload
+        if payload is None:
+            return {"cpu_seconds": None, "max_rss_bytes": None, "progress": None}
+        usage = payload.usage() if payload.poll() is not None else payload.sample()
+        rss = usage.max_rss_bytes or None
+        return {"cpu_seconds": usage.cpu_seconds, "max_rss_bytes": rss, "progress": payload.progress()}
+
+    # --- bookkeeping ------------------------------------------------------------------------------------------
+
+    def _free_cores(self) -> None:
+        if not self._cores_freed:
+            self._cores_freed = True
+            self.on_cores_free(self)
+
+    def _clean_up(self) -> None:
+        for path in (self.archive, self.progress_file):
+            path.unlink(missing_ok=True)
+        if not self.config.keep_job_dirs:
+            shutil.rmtree(self.job_dir, ignore_errors=True)
+
+    @property
+    def usage(self) -> Usage:
+        return self._outcome.usage if self._outcome is not None else Usage()

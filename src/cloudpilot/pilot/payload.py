@@ -1,0 +1,244 @@
+"""Running one payload: its own session and process group, a wall-time limit, CPU and memory sampling.
+
+The payload's stdout and stderr go to ``job.log``. Stopping it means SIGTERM to the whole group, then SIGKILL
+after a grace period, so grandchildren die with it. The leader is reaped with ``wait4`` to get the CPU time of
+everything it waited for. Memory comes from ``/proc`` only: the leader's high-water mark twice a second, the
+whole group every few seconds. (``ru_maxrss`` is no use here: Linux counts in it the pilot's own memory, which
+the child shares between fork and exec.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudpilot.pilot import procfs
+
+PROGRESS_LIMIT = 200
+WALL_TIME_EXCEEDED = "wall time exceeded"
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU seconds (user + system) and the largest resident memory seen, of the whole process group."""
+
+    cpu_seconds: float = 0.0
+    max_rss_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a payload ended.
+
+    ``returncode`` is the exit status, ``-N`` for death by signal ``N``, ``None`` if it never started.
+    ``aborted``: the pilot stopped it (the user killed the job, the lease was lost, the pilot is leaving).
+    """
+
+    returncode: int | None
+    usage: Usage = Usage()
+    wall_exceeded: bool = False
+    aborted: bool = False
+    start_error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.returncode == 0 and not self.wall_exceeded and not self.aborted
+
+    @property
+    def state(self) -> str:
+        """The state to report: ``done`` or ``failed``."""
+        return "done" if self.succeeded else "failed"
+
+    @property
+    def exit_code(self) -> int | None:
+        """The exit status when the payload exited by itself; ``None`` after a signal or a failed start."""
+        if self.returncode is None or self.returncode < 0:
+            return None
+        return self.returncode
+
+    @property
+    def reason(self) -> str:
+        """Why it failed, in the words the REST contract expects (empty when it succeeded)."""
+        if self.wall_exceeded:
+            return WALL_TIME_EXCEEDED
+        if self.start_error is not None:
+            return f"cannot start the payload: {self.start_error}"
+        if self.aborted:
+            return "stopped by the pilot"
+        if self.returncode is not None and self.returncode < 0:
+            return f"killed by signal {-self.returncode}"
+        if self.returncode:
+            return f"exit code {self.returncode}"
+        return ""
+
+
+class Payload:
+    """A running payload process and its process group (whose id is the leader's pid)."""
+
+    def __init__(self, process: subprocess.Popen[bytes], progress_file: Path | None = None) -> None:
+        self._process = process
+        self.pid = process.pid
+        self.progress_file = progress_file
+        self._lock = threading.Lock()
+        self._returncode: int | None = None
+        self._cpu = 0.0
+        self._rss = 0
+
+    @classmethod
+    def start(
+        cls,
+        argv: Sequence[str],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        log_path: Path,
+        progress_file: Path | None = None,
+    ) -> Payload:
+        """Start ``argv`` in ``cwd`` in a new session; ``OSError`` if it cannot be executed."""
+        with open(log_path, "ab") as log:
+            process = subprocess.Popen(
+                list(argv),
+                cwd=cwd,
+                env=dict(env),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+            )
+        return cls(process, progress_file)
+
+    def poll(self) -> int | None:
+        """The leader's return code once it has exited (``-N`` for signal ``N``), else ``None``."""
+        with self._lock:
+            if self._returncode is not None:
+                return self._returncode
+            try:
+                pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere: Popen knows the code
+                self._returncode = self._process.poll()
+                if self._returncode is None:
+                    self._returncode = -signal.SIGKILL
+                return self._returncode
+            if pid == 0:
+                return None
+            self._returncode = os.waitstatus_to_exitcode(status)
+            self._process.returncode = self._returncode  # so that Popen never waits for it again
+            self._cpu = max(self._cpu, rusage.ru_utime + rusage.ru_stime)
+            return self._returncode
+
+    def sample(self) -> Usage:
+        """Look at every live process of the group now; the usage so far (monotonic)."""
+        members = procfs.group_members(self.pid)
+        cpu = sum(m.cpu_seconds for m in members)
+        rss = sum(m.rss_bytes for m in members)
+        peak = max((procfs.peak_rss_bytes(m.pid) for m in members), default=0)
+        with self._lock:
+            self._cpu = max(self._cpu, cpu)
+            self._rss = max(self._rss, rss, peak)
+        return self.usage()
+
+    def sample_leader(self) -> None:
+        """Cheaply note the leader's memory high-water mark (one small file)."""
+        peak = procfs.peak_rss_bytes(self.pid)
+        with self._lock:
+            self._rss = max(self._rss, peak)
+
+    def usage(self) -> Usage:
+        with self._lock:
+            return Usage(round(self._cpu, 3), self._rss)
+
+    def progress(self, limit: int = PROGRESS_LIMIT) -> str | None:
+        """What the payload last wrote into its progress file, trimmed to ``limit`` characters."""
+        if self.progress_file is None:
+            return None
+        try:
+            with open(self.progress_file, "rb") as f:
+                raw = f.read(limit * 4)
+        except OSError:
+            return None
+        text = raw.decode("utf-8", "replace").strip()
+        return text[:limit] or None
+
+    def signal_group(self, sig: int) -> None:
+        """Send ``sig`` to the process group and to any stray member of the session."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, sig)
+        for member in procfs.group_members(self.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(member.pid, sig)
+
+    def stop(self, grace: float) -> int:
+        """SIGTERM the group, SIGKILL whatever is left after ``grace`` seconds; the leader's return code.
+
+        The group is only signalled while its id is provably ours (the leader not yet reaped, or members left):
+        once both are gone the kernel may give the number to another payload.
+        """
+        if not self._group_held():
+            return self._reap()
+        self.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and self._group_held():
+            time.sleep(0.05)
+        if self._group_held():
+            self.signal_group(signal.SIGKILL)
+        return self._reap()
+
+    def _group_held(self) -> bool:
+        return self.poll() is None or bool(procfs.group_members(self.pid))
+
+    def kill_leftovers(self) -> None:
+        """After the leader has exited: SIGKILL what it left running in its group (daemonized children)."""
+        if procfs.group_members(self.pid):
+            self.signal_group(signal.SIGKILL)
+
+    def _reap(self, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while (code := self.poll()) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return code if code is not None else -signal.SIGKILL
+
+
+def supervise(
+    payload: Payload,
+    *,
+    wall_seconds: float | None,
+    abort: threading.Event,
+    grace: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
+    sample_every: float = 5.0,
+    leader_every: float = 0.5,
+) -> Outcome:
+    """Wait for ``payload`` to end, enforcing ``wall_seconds`` and stopping it as soon as ``abort`` is set."""
+    started = clock()
+    next_sample = next_leader = started
+    interval = 0.01  # short payloads end quickly; long ones are looked at four times a second
+    while True:
+        code = payload.poll()
+        if code is not None:
+            payload.kill_leftovers()
+            return Outcome(code, payload.usage())
+        now = clock()
+        if wall_seconds is not None and now - started >= wall_seconds:
+            payload.sample()
+            code = payload.stop(grace)
+            return Outcome(code, payload.usage(), wall_exceeded=True)
+        if abort.is_set():
+            code = payload.stop(grace)
+            return Outcome(code, payload.usage(), aborted=True)
+        if now >= next_sample:
+            payload.sample()
+            next_sample = now + sample_every
+        elif now >= next_leader:
+            payload.sample_leader()
+            next_leader = now + leader_every
+        timeout = interval if wall_seconds is None else max(0.0, min(interval, started + wall_seconds - now))
+        abort.wait(timeout)
+        interval = min(interval * 2, 0.25)

@@ -1,0 +1,156 @@
+"""Sandboxes on the pilot's side: unpacking an input sandbox safely, packing a job's outputs.
+
+Both are gzipped tars. Extraction is done member by member by this module (not ``tarfile.extractall``) so that
+the same checks hold on every Python 3: no absolute names, no ``..``, no special files, and links only to
+places inside the job directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import posixpath
+import shutil
+import stat
+import tarfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path, PurePosixPath
+
+from cloudpilot.pilot.errors import UnsafeArchive
+
+log = logging.getLogger(__name__)
+
+JOB_LOG = "job.log"
+
+
+# --- input -----------------------------------------------------------------------------------------------------
+
+
+def extract_safely(archive: Path, dest: Path) -> list[str]:
+    """Unpack the (gzipped) tar ``archive`` into ``dest``; the names of the regular files written.
+
+    Every member is checked before anything is written; :class:`UnsafeArchive` names the first bad one.
+    ``OSError`` (a full disk, a file where the archive has a directory) goes to the caller.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    root = dest.resolve()
+    written: list[str] = []
+    try:
+        with tarfile.open(archive, mode="r:*") as tar:
+            members = tar.getmembers()
+            for member in members:
+                _check_member(member)
+            for member in members:
+                if _extract_member(tar, member, root):
+                    written.append(_clean_name(member.name))
+    except (tarfile.TarError, EOFError) as exc:
+        raise UnsafeArchive(f"not a readable tar archive: {exc}") from exc
+    return written
+
+
+def _clean_name(name: str) -> str:
+    return str(PurePosixPath(name))
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    name = PurePosixPath(member.name)
+    if name.is_absolute() or ".." in name.parts or member.name.startswith("\\") or "\x00" in member.name:
+        raise UnsafeArchive(f"refusing archive member {member.name!r}: absolute or with '..'")
+    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
+        raise UnsafeArchive(f"refusing archive member {member.name!r}: a device, fifo or other special file")
+    if member.issym():
+        target = PurePosixPath(member.linkname)
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+        if target.is_absolute() or joined == ".." or joined.startswith("../"):
+            raise UnsafeArchive(f"refusing symlink {member.name!r} -> {member.linkname!r}: it points outside")
+    if member.islnk():
+        target = PurePosixPath(member.linkname)
+        if target.is_absolute() or ".." in target.parts:
+            raise UnsafeArchive(f"refusing hard link {member.name!r} -> {member.linkname!r}: it points outside")
+
+
+def _inside(root: Path, path: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def _target(root: Path, name: str) -> Path:
+    """Where ``name`` lands, after resolving what is already on disk (a link extracted earlier, say)."""
+    path = root / name
+    parent = path.parent.resolve()
+    if not _inside(root, parent):
+        raise UnsafeArchive(f"refusing archive member {name!r}: its directory resolves outside the sandbox")
+    return parent / path.name
+
+
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> bool:
+    """Write one checked member; whether it was a regular file."""
+    if PurePosixPath(member.name) in (PurePosixPath("."), PurePosixPath("")):
+        return False
+    path = _target(root, member.name)
+    if member.isdir():
+        path.mkdir(parents=True, exist_ok=True)
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_symlink() or path.is_file():
+        path.unlink()  # never write through a link left by an earlier member
+    if member.issym():
+        os.symlink(member.linkname, path)
+        return False
+    if member.islnk():
+        source = _target(root, member.linkname).resolve()
+        if not _inside(root, source) or not source.is_file():
+            raise UnsafeArchive(f"refusing hard link {member.name!r} -> {member.linkname!r}")
+        shutil.copyfile(source, path)
+        return True
+    extracted = tar.extractfile(member)
+    if extracted is None:
+        raise UnsafeArchive(f"archive member {member.name!r} has no data")
+    with extracted, open(path, "xb") as out:
+        shutil.copyfileobj(extracted, out, 1 << 20)
+    # Keep the owner's execute bits (scripts), never set-id or world-writable bits.
+    path.chmod((member.mode & 0o755) | stat.S_IRUSR | stat.S_IWUSR)
+    return True
+
+
+# --- output ----------------------------------------------------------------------------------------------------
+
+
+def pack_outputs(job_dir: Path, patterns: Sequence[str], archive: Path) -> list[str]:
+    """Write a gzipped tar of the files matching ``patterns`` (globs relative to ``job_dir``) plus ``job.log``.
+
+    Returns the names packed. Patterns that are absolute or contain ``..`` are ignored; directories are packed
+    with their files; a symlink is packed as the file it points to, and only if that stays inside ``job_dir``.
+    """
+    root = job_dir.resolve()
+    names: dict[str, Path] = {}
+    for pattern in patterns:
+        parts = PurePosixPath(pattern).parts
+        if not pattern or PurePosixPath(pattern).is_absolute() or ".." in parts:
+            log.warning("ignoring output pattern %r: it must be relative and without '..'", pattern)
+            continue
+        for match in sorted(root.glob(pattern)):
+            for path in _files_under(match):
+                real = path.resolve()
+                if _inside(root, real) and real.is_file():
+                    names.setdefault(path.relative_to(root).as_posix(), real)
+    log_file = root / JOB_LOG
+    if log_file.is_file() and not log_file.is_symlink():
+        names[JOB_LOG] = log_file
+    with tarfile.open(archive, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(names):
+            tar.add(names[name], arcname=name, recursive=False)
+    return sorted(names)
+
+
+def _files_under(path: Path) -> Iterator[Path]:
+    if path.is_dir() and not path.is_symlink():
+        for top, _dirs, files in os.walk(path):
+            yield from (Path(top) / f for f in sorted(files))
+    else:
+        yield path
+
+
+def archive_names(archive: Path) -> list[str]:
+    """The member names of a tar archive (for tests and logs)."""
+    with tarfile.open(archive, mode="r:*") as tar:
+        return tar.getnames()

@@ -1,0 +1,179 @@
+"""How the pilot talks to the server: the :class:`Transport` port and its HTTP adapter over ``urllib``.
+
+Every method maps the server's answers onto the pilot's error classes, so the agent never sees HTTP:
+no connection, a timeout or a 5xx is :class:`ServerUnreachable` (retry later), a 409 on a call about a job is
+:class:`LeaseLost` (drop the job), any other 4xx is :class:`RequestRejected`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shutil
+import ssl
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from cloudpilot.pilot.errors import LeaseLost, ProtocolError, RequestRejected, ServerUnreachable
+
+API = "/api/v1"
+RETRYABLE_4XX = frozenset({408, 425, 429})  # the server asks to try again later
+USER_AGENT = "cloudpilot-pilot/1"
+
+
+class Transport(Protocol):
+    """The calls a pilot makes (``docs/rest-api.md``, section Pilots). Bodies are the documented JSON objects."""
+
+    def register(self, info: dict[str, Any]) -> dict[str, Any]:
+        """``POST /pilots``: ``{"id", "lease_seconds", "heartbeat_seconds"}``."""
+        ...
+
+    def match(self, offer: dict[str, Any]) -> dict[str, Any] | None:
+        """``POST /pilots/match`` (a long poll of ``offer["wait_seconds"]``): ``{"job", "lease"}`` or ``None``."""
+        ...
+
+    def download_input(self, job_id: int, lease_token: int, dest: Path) -> None:
+        """``GET /jobs/{id}/input``: write the input sandbox (a gzipped tar) to ``dest``."""
+        ...
+
+    def heartbeat(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /jobs/{id}/heartbeat``: ``{"lease_expires_at", "action"}``."""
+        ...
+
+    def upload_output(self, job_id: int, lease_token: int, archive: Path) -> dict[str, Any]:
+        """``PUT /jobs/{id}/output``: send the output sandbox read from ``archive``."""
+        ...
+
+    def report(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /jobs/{id}/report``: the job's new ``{"state"}``."""
+        ...
+
+    def halt(self, pilot_id: str, code: int, message: str) -> None:
+        """``POST /pilots/{id}/halt``: the pilot's last word."""
+        ...
+
+
+class HttpTransport:
+    """:class:`Transport` over HTTP(S) with ``urllib``; the token goes in a bearer header and nowhere else.
+
+    ``timeout`` bounds each blocking socket operation; a long poll gets ``wait_seconds`` on top of it.
+    Proxies come from the usual ``*_proxy`` environment variables.
+    """
+
+    def __init__(
+        self, server: str, token: str, *, timeout: float = 60.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        parsed = urllib.parse.urlsplit(server)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"the server URL must be http(s)://host[:port][/prefix], not {server!r}")
+        self.base = server.rstrip("/") + API
+        self._auth = f"Bearer {token.strip()}"
+        self.timeout = timeout
+        handlers: list[urllib.request.BaseHandler] = []
+        if ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def __repr__(self) -> str:  # never shows the token
+        return f"HttpTransport({self.base!r})"
+
+    # --- the calls ------------------------------------------------------------------------------------------
+
+    def register(self, info: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", "/pilots", info)
+
+    def match(self, offer: dict[str, Any]) -> dict[str, Any] | None:
+        wait = float(offer.get("wait_seconds") or 0)
+        status, body = self._call("POST", "/pilots/match", data=_dump(offer), timeout=self.timeout + wait)
+        return None if status == 204 or not body else _load(body, "/pilots/match")
+
+    def download_input(self, job_id: int, lease_token: int, dest: Path) -> None:
+        path = f"/jobs/{job_id}/input?lease_token={lease_token}"
+        with dest.open("wb") as out:
+            self._call("GET", path, sink=out, job_call=True)
+
+    def heartbeat(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", f"/jobs/{job_id}/heartbeat", body, job_call=True)
+
+    def upload_output(self, job_id: int, lease_token: int, archive: Path) -> dict[str, Any]:
+        path = f"/jobs/{job_id}/output?lease_token={lease_token}"
+        with archive.open("rb") as data:
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(archive.stat().st_size)}
+            _, body = self._call("PUT", path, data=data, headers=headers, job_call=True)
+        return _load(body, path) if body else {}
+
+    def report(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
+        return self._json("POST", f"/jobs/{job_id}/report", body, job_call=True)
+
+    def halt(self, pilot_id: str, code: int, message: str) -> None:
+        quoted = urllib.parse.quote(pilot_id, safe="")
+        self._call("POST", f"/pilots/{quoted}/halt", data=_dump({"code": code, "message": message}), timeout=10)
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+
+    def _json(self, method: str, path: str, doc: dict[str, Any], *, job_call: bool = False) -> dict[str, Any]:
+        _, body = self._call(method, path, data=_dump(doc), job_call=job_call)
+        return _load(body, path) if body else {}
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        data: bytes | IO[bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float | None = None,
+        sink: IO[bytes] | None = None,
+        job_call: bool = False,
+    ) -> tuple[int, bytes]:
+        """One request; the answer's status and body (or the body copied into ``sink``)."""
+        all_headers = {"Authorization": self._auth, "Accept": "application/json", "User-Agent": USER_AGENT}
+        if isinstance(data, bytes):
+            all_headers["Content-Type"] = "application/json"
+        all_headers.update(headers or {})
+        request = urllib.request.Request(self.base + path, data=data, headers=all_headers, method=method)
+        what = f"{method} {path.split('?')[0]}"
+        try:
+            with self._opener.open(request, timeout=timeout or self.timeout) as answer:
+                if sink is not None:
+                    shutil.copyfileobj(answer, sink, 1 << 20)
+                    return answer.status, b""
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            raise _error_for(what, exc, job_call) from exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServerUnreachable(f"{what}: {type(exc).__name__}: {reason}") from exc
+
+
+def _error_for(what: str, exc: urllib.error.HTTPError, job_call: bool) -> Exception:
+    status = exc.code
+    code, message = None, exc.reason
+    try:
+        detail = json.loads(exc.read() or b"{}").get("error") or {}
+        code, message = detail.get("code"), detail.get("message") or message
+    except (ValueError, AttributeError, OSError, http.client.HTTPException):
+        pass
+    text = f"{what}: {status} {code or ''} {message}".replace("  ", " ")
+    if status >= 500 or status in RETRYABLE_4XX:
+        return ServerUnreachable(text, status=status, code=code)
+    if status == 409 and job_call:
+        return LeaseLost(text, status=status, code=code)
+    return RequestRejected(text, status=status, code=code)
+
+
+def _dump(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+def _load(body: bytes, what: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(body)
+    except ValueError as exc:
+        raise ProtocolError(f"{what}: the answer is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ProtocolError(f"{what}: the answer is not a JSON object")
+    return doc

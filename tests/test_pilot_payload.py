@@ -1,0 +1,136 @@
+"""Running real payloads: outputs, exit codes, the wall-time limit on a whole process group, progress."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tarfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from cloudpilot.pilot import procfs
+from cloudpilot.pilot.payload import Outcome, Payload, supervise
+from cloudpilot.pilot.sandbox import JOB_LOG, pack_outputs
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc: Linux")
+
+
+def start(tmp_path: Path, code: str, *args: str) -> Payload:
+    job_dir = tmp_path / "job"
+    job_dir.mkdir(exist_ok=True)
+    progress = tmp_path / "progress"
+    env = {**os.environ, "CLOUDPILOT_PROGRESS_FILE": str(progress)}
+    return Payload.start(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=job_dir,
+        env=env,
+        log_path=job_dir / JOB_LOG,
+        progress_file=progress,
+    )
+
+
+def run(payload: Payload, wall_seconds: float | None = 30, grace: float = 5.0) -> Outcome:
+    return supervise(payload, wall_seconds=wall_seconds, abort=threading.Event(), grace=grace)
+
+
+def wait_for(predicate, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_exit_zero_collects_the_outputs_and_the_log(tmp_path: Path) -> None:
+    payload = start(
+        tmp_path,
+        """
+        import os, pathlib, sys
+        pathlib.Path("result-1.json").write_text('{"pi": 3.14}')
+        pathlib.Path("other.txt").write_text("not asked for")
+        os.makedirs("plots/deep")
+        pathlib.Path("plots/deep/a.png").write_bytes(b"png")
+        os.symlink("/etc/hostname", "result-escape.json")
+        print("hello on stdout"); print("hello on stderr", file=sys.stderr)
+        """,
+    )
+    outcome = run(payload)
+    assert (outcome.state, outcome.exit_code, outcome.reason) == ("done", 0, "")
+    assert outcome.usage.cpu_seconds > 0 and outcome.usage.max_rss_bytes > 0
+
+    archive = tmp_path / "out.tar.gz"
+    names = pack_outputs(tmp_path / "job", ["result-*.json", "plots", "../*", "/etc/*"], archive)
+    assert names == ["job.log", "plots/deep/a.png", "result-1.json"]  # the link out of the job dir is not packed
+    with tarfile.open(archive) as tar:
+        assert tar.getnames() == names
+        log = tar.extractfile("job.log").read().decode()  # type: ignore[union-attr]
+    assert "hello on stdout" in log and "hello on stderr" in log
+
+
+def test_non_zero_exit_and_death_by_signal_fail_with_their_reason(tmp_path: Path) -> None:
+    outcome = run(start(tmp_path, "import sys; sys.exit(3)"))
+    assert (outcome.state, outcome.exit_code, outcome.reason) == ("failed", 3, "exit code 3")
+
+    outcome = run(start(tmp_path, "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"))
+    assert (outcome.state, outcome.exit_code, outcome.reason) == ("failed", None, "killed by signal 9")
+
+
+def test_wall_time_exceeded_kills_the_whole_group_including_a_grandchild(tmp_path: Path) -> None:
+    pid_file = tmp_path / "grandchild.pid"
+    payload = start(
+        tmp_path,
+        """
+        import subprocess, sys, time
+        stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+        child = subprocess.Popen([sys.executable, "-c", stubborn])
+        open(sys.argv[1], "w").write(str(child.pid))
+        time.sleep(60)
+        """,
+        str(pid_file),
+    )
+    assert wait_for(lambda: pid_file.exists() and pid_file.read_text().strip() != "")
+    grandchild = int(pid_file.read_text())
+    assert procfs.alive(grandchild)
+
+    started = time.monotonic()
+    outcome = run(payload, wall_seconds=0.5, grace=0.5)
+    assert time.monotonic() - started < 5
+    assert (outcome.state, outcome.exit_code, outcome.reason) == ("failed", None, "wall time exceeded")
+    assert outcome.wall_exceeded
+    assert wait_for(lambda: not procfs.alive(grandchild), timeout=5), "the grandchild survived the wall-time kill"
+    assert procfs.group_members(payload.pid) == []
+
+
+def test_progress_file_is_read_and_trimmed_and_abort_stops_the_payload(tmp_path: Path) -> None:
+    payload = start(
+        tmp_path,
+        """
+        import os, time
+        with open(os.environ["CLOUDPILOT_PROGRESS_FILE"], "w") as f:
+            f.write("  5/10 events\\n")
+        time.sleep(1.0)
+        with open(os.environ["CLOUDPILOT_PROGRESS_FILE"], "w") as f:
+            f.write("x" * 500)
+        time.sleep(60)
+        """,
+    )
+    assert wait_for(lambda: payload.progress() == "5/10 events")
+    assert wait_for(lambda: payload.progress() == "x" * 200)
+    usage = payload.sample()
+    assert usage.max_rss_bytes > 0
+
+    abort = threading.Event()
+    abort.set()
+    outcome = supervise(payload, wall_seconds=None, abort=abort, grace=1.0)
+    assert outcome.aborted and outcome.state == "failed"
+    assert not procfs.alive(payload.pid)
+
+
+def test_a_payload_that_cannot_start_raises_oserror(tmp_path: Path) -> None:
+    with pytest.raises(OSError):
+        Payload.start(["/no/such/program"], cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / JOB_LOG)

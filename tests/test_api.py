@@ -214,3 +214,12 @@ def test_multicore_offer_and_fair_share_between_users(server: RunningServer) -> 
     big = next(j for j in all_jobs(server) if j["spec"]["executable"] == "big")
     r = pilot.post("/api/v1/pilots/match", json={"pilot_id": pid, "cores": 3})
     assert r.status_code == 200 and r.json()["job"]["id"] != big["id"]
+
+
+def test_bad_query_and_path_values_get_400(server: RunningServer) -> None:
+    user = server.client(server.token(Role.USER, "alice", vo="lhcb"))
+    r = user.get("/api/v1/jobs", params={"state": "bogus"})
+    assert r.status_code == 400 and r.json()["error"]["field"] == "state"
+    assert user.get("/api/v1/jobs/abc").status_code == 400
+    r = user.post("/api/v1/jobs", json={"job": {"executable": "x"}})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "parameter_count"

@@ -24,9 +24,13 @@ def field_of(loc: tuple[int | str, ...] | list[int | str], prefix: str = "") -> 
 
 
 def validation_error(exc: ValidationError | RequestValidationError, prefix: str = "") -> Response:
+    """422 for a body that breaks the schema; 400 for a bad query or path value."""
     first = exc.errors()[0]
-    field = field_of(tuple(first.get("loc", ())), prefix)
+    loc = tuple(first.get("loc", ()))
+    field = field_of(loc, prefix)
     message = f"{field}: {first['msg']}" if field else str(first["msg"])
+    if loc and loc[0] in ("query", "path"):
+        return json_response(error_body("bad_request", message, field), 400)
     return json_response(error_body("invalid", message, field), 422)
 
 

@@ -29,7 +29,9 @@ def parse_submission(body: bytes, content_type: str) -> list[JobSpec]:
         data: Any = yaml.safe_load(body) if "yaml" in content_type else orjson.loads(body)
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
         raise BadInput(f"the body is not valid {'YAML' if 'yaml' in content_type else 'JSON'}: {exc}") from exc
-    if isinstance(data, dict) and "job" in data and "parameter_count" in data:
+    if isinstance(data, dict) and "job" in data:
+        if "parameter_count" not in data:
+            raise BadInput("parameter_count: a parametric job {job, parameter_count} needs it", "parameter_count")
         return expand_parametric(ParametricSpec.model_validate(data))
     if isinstance(data, dict):
         return [JobSpec.model_validate(data)]

@@ -11,17 +11,8 @@ import httpx
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Role
+from tests.helpers.archives import tar_gz
 from tests.helpers.server import RunningServer, ServerFactory
-
-
-def tar_gz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def register(pilot: httpx.Client, cores: int = 1) -> str:
@@ -77,7 +68,7 @@ def test_parametric_and_yaml_submission(server: RunningServer) -> None:
     ids = r.json()["ids"]
     assert len(ids) == 2000 and ids == sorted(ids)
     assert user.get(f"/api/v1/jobs/{ids[1999]}").json()["name"] == "mc-1999"
-    yaml_doc = b"- executable: echo\n  arguments: [hello]\n- executable: \"true\"\n"
+    yaml_doc = b'- executable: echo\n  arguments: [hello]\n- executable: "true"\n'
     r = user.post("/api/v1/jobs", content=yaml_doc, headers={"Content-Type": "application/yaml"})
     assert r.status_code == 201 and len(r.json()["ids"]) == 2
     assert user.get("/api/v1/jobs/summary").json()["counts"]["waiting"] == 2002

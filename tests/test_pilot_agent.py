@@ -17,6 +17,7 @@ from cloudpilot.pilot import procfs
 from cloudpilot.pilot.agent import Agent, Shutdown
 from cloudpilot.pilot.config import PilotConfig
 from cloudpilot.pilot.fake_transport import FakeTransport
+from tests.helpers.archives import tar_gz
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc: Linux")
 
@@ -253,15 +254,6 @@ def test_heartbeats_carry_usage_and_progress(tmp_path: Path) -> None:
 
 
 def test_input_sandbox_is_unpacked_into_the_job_directory(tmp_path: Path) -> None:
-    def tar_gz(files: dict[str, bytes]) -> bytes:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            for name, data in files.items():
-                info = tarfile.TarInfo(name)
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-        return buf.getvalue()
-
     fake = FakeTransport()
     good = fake.add_sandbox(tar_gz({"calc.py": b"open('answer.txt', 'w').write(str(6 * 7))"}))
     evil = fake.add_sandbox(tar_gz({"../../evil.py": b""}))

@@ -17,6 +17,7 @@ from cloudpilot.domain.auth import Role
 from cloudpilot.pilot.cli import main
 from cloudpilot.pilot.errors import LeaseLost, RequestRejected, ServerUnreachable
 from cloudpilot.pilot.transport import HttpTransport
+from tests.helpers.archives import tar_gz
 from tests.helpers.server import RunningServer, free_port
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "montecarlo"
@@ -96,21 +97,11 @@ def test_main_usage_errors_and_unreachable_server(tmp_path: Path, monkeypatch: p
     assert (tmp_path / "shutdown_message").read_text().startswith("700 ")
 
 
-def _tar_gz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def test_the_pilot_runs_the_montecarlo_example_against_a_real_server(
     server: RunningServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     user = server.client(server.token(Role.USER, "alice", vo="lhcb"))
-    sandbox = user.post("/api/v1/sandboxes", content=_tar_gz({"mc.py": (EXAMPLE / "mc.py").read_bytes()})).json()
+    sandbox = user.post("/api/v1/sandboxes", content=tar_gz({"mc.py": (EXAMPLE / "mc.py").read_bytes()})).json()
     job = {
         "name": "mc-{n}",
         "executable": sys.executable,

@@ -11,7 +11,23 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Update, and_, bindparam, exists, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Float,
+    Update,
+    and_,
+    any_,
+    bindparam,
+    exists,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from cloudpilot.domain.jobs import ACTIVE_STATES, Job, JobEvent, JobSpec, JobState, check_transition
 from cloudpilot.domain.matching import TaskQueue, task_queue_key
@@ -74,15 +90,42 @@ class JobRepository:
                 }
                 for spec, tq_id in zip(specs, tq_ids, strict=True)
             ]
-            result = conn.execute(insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows)
-            ids = [r[0] for r in result]
-            conn.execute(
-                insert(job_events),
-                [
-                    {"job_id": i, "at": now, "from_state": None, "to_state": "waiting", "reason": "submitted"}
-                    for i in ids
-                ],
+            ids = self._insert_jobs(conn, rows)
+            # One statement writes every history row; the ids are a contiguous run on SQLite (one writer)
+            # and an explicit array on PostgreSQL (concurrent submissions may interleave the sequence).
+            chosen = (
+                jobs.c.id == any_(bindparam("ids", ids, type_=ARRAY(BigInteger)))
+                if self.db.is_postgres
+                else (jobs.c.id.between(ids[0], ids[-1]))
             )
+            history = select(
+                jobs.c.id,
+                literal(now, Float),
+                null(),
+                literal(JobState.WAITING.value),
+                literal("submitted"),
+            ).where(chosen)
+            conn.execute(insert(job_events).from_select(["job_id", "at", "from_state", "to_state", "reason"], history))
+        return ids
+
+    def _insert_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
+        """Insert rows and return their ids in order. On PostgreSQL the ids are reserved from the sequence and
+        the rows sent with COPY: building and parsing multi-row INSERTs costs more than the database's work."""
+        if not self.db.is_postgres:
+            result = conn.execute(insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows)
+            return [r[0] for r in result]
+        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(
+                "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, %s)", (len(rows),)
+            )
+            ids = sorted(r[0] for r in cursor.fetchall())
+            columns = list(rows[0])
+            with cursor.copy(f"COPY jobs (id, {', '.join(columns)}) FROM STDIN") as copy:
+                for job_id, row in zip(ids, rows, strict=True):
+                    copy.write_row((job_id, *row.values()))
+        finally:
+            cursor.close()
         return ids
 
     def _task_queue_ids(

@@ -162,3 +162,25 @@ def test_pilot_of_a_vo_never_runs_another_vos_jobs(make_server: ServerFactory, p
     assert proc.wait(timeout=30) == 0
     assert atlas.get(f"/api/v1/jobs/{job_id}").json()["state"] == "waiting"
     assert (proc.workdir / "shutdown_message").read_text().startswith("300")  # type: ignore[attr-defined]
+
+
+def test_results_survive_a_server_outage(make_server: ServerFactory, pilots: PilotProcesses, tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server = make_server(data_dir=data_dir)
+    port = int(server.url.rsplit(":", 1)[1])
+    user_token = server.token(Role.USER, "alice", vo="lhcb")
+    user = server.client(user_token)
+    started = tmp_path / "started"
+    code = "import sys, time; open(sys.argv[1], 'w').close(); time.sleep(2); open('r.txt', 'w').write('kept')"
+    (job_id,) = user.post(
+        "/api/v1/jobs", json=py_job(code, output_files=["r.txt"]) | {"arguments": ["-c", code, str(started)]}
+    ).json()["ids"]
+    pilots.start(server.url, server.token(Role.PILOT, vo="lhcb"), idle_timeout=5)
+    wait_for(started.exists, what="the payload to start")
+    server.stop()  # the payload finishes while nobody answers
+    time.sleep(4)
+    revived = make_server(data_dir=data_dir, port=port)
+    user = revived.client(user_token)
+    job = wait_final(user, [job_id], timeout=60)[job_id]
+    assert job["state"] == "done" and job["attempts"] == 1  # delivered late, not rerun
+    assert output_files(user, job_id)["r.txt"] == b"kept"

@@ -52,10 +52,10 @@ class RunningServer:
         self.services.close()
 
 
-def start_server(config: ServerConfig, data_dir: Path) -> RunningServer:
+def start_server(config: ServerConfig, data_dir: Path, port: int | None = None) -> RunningServer:
     services = Services.build(config, data_dir)
     app = create_app(services)
-    port = free_port()
+    port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -75,9 +75,11 @@ def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
     """Start servers with a given configuration; all are stopped at the end of the test."""
     started: list[RunningServer] = []
 
-    def make(config: ServerConfig | None = None, data_dir: Path | None = None, **overrides: object) -> RunningServer:
-        cfg = config or ServerConfig.model_validate(overrides)
-        srv = start_server(cfg, data_dir or tmp_path / f"data{len(started)}")
+    def make(
+        config: ServerConfig | None = None, data_dir: Path | None = None, port: int | None = None
+    ) -> RunningServer:
+        cfg = config or ServerConfig()
+        srv = start_server(cfg, data_dir or tmp_path / f"data{len(started)}", port)
         started.append(srv)
         return srv
 

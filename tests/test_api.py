@@ -214,3 +214,27 @@ def test_bad_query_and_path_values_get_400(server: RunningServer) -> None:
     assert user.get("/api/v1/jobs/abc").status_code == 400
     r = user.post("/api/v1/jobs", json={"job": {"executable": "x"}})
     assert r.status_code == 422 and r.json()["error"]["field"] == "parameter_count"
+
+
+def test_concurrent_pilots_over_http_never_share_a_job(make_server: ServerFactory, db_url: str) -> None:
+    """On SQLite and on PostgreSQL: eight pilots race for 300 jobs; each job goes to exactly one of them."""
+    server = make_server(ServerConfig(database_url=None if db_url.startswith("sqlite") else db_url))
+    user = server.client(server.token(Role.USER, "alice", vo="lhcb"))
+    ids = user.post("/api/v1/jobs", json={"job": {"executable": "x"}, "parameter_count": 300}).json()["ids"]
+    token = server.token(Role.PILOT, vo="lhcb")
+    got: list[list[int]] = [[] for _ in range(8)]
+
+    def race(k: int) -> None:
+        pilot = server.client(token)
+        pid = register(pilot)
+        while (r := pilot.post("/api/v1/pilots/match", json={"pilot_id": pid, "cores": 1})).status_code == 200:
+            got[k].append(r.json()["job"]["id"])
+
+    threads = [threading.Thread(target=race, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    handed = [job for mine in got for job in mine]
+    assert sorted(handed) == sorted(ids)
+    assert sum(1 for mine in got if mine) > 1  # the race really had several winners

@@ -1,0 +1,1 @@
+"""Cloud drivers behind one small port (:mod:`cloudpilot.clouds.base`)."""

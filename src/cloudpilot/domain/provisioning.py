@@ -1,0 +1,107 @@
+"""What the provisioning policy sees and what it may decide. Plain data; the decisions are in
+:mod:`cloudpilot.policy.provisioning`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloudpilot.domain.vms import Flavor, VMState
+
+
+class CloudOrder(StrEnum):
+    PRICE = "price"  # cheapest core-hour first, then higher priority
+    PRIORITY = "priority"  # higher priority first, then cheapest
+
+
+class ProvisioningKnobs(BaseModel):
+    """Policy settings (``policy:`` in the server configuration; each documented in docs/provisioning.md)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min_work_seconds_per_core: float = Field(
+        300.0, ge=0, description="A VM starts only for at least this much estimated work per core (CPUPerInstance)."
+    )
+    idle_seconds: float = Field(300.0, gt=0, description="A running VM with no job for this long is stopped.")
+    backoff_initial_seconds: float = Field(300.0, gt=0, description="Back-off of a cloud after a boot failure.")
+    backoff_max_seconds: float = Field(1800.0, gt=0, description="Longest back-off; it doubles per failure.")
+    cloud_order: CloudOrder = Field(CloudOrder.PRICE, description="Which clouds are filled first.")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkClass:
+    """Waiting jobs of one VO with identical requirements."""
+
+    vo: str
+    cores: int
+    memory_mb: int | None
+    wall_seconds: int
+    tags: frozenset[str]
+    sites_allow: frozenset[str]
+    sites_deny: frozenset[str]
+    waiting: int
+
+
+@dataclass(frozen=True, slots=True)
+class VMView:
+    id: str
+    vo: str
+    flavor: str
+    state: VMState
+    cores: int
+    memory_mb: int
+    free_cores: int  # cores its pilot has not filled (all of them while booting)
+    idle_since: float | None  # since when it has run no job; None while it runs one
+
+
+@dataclass(frozen=True, slots=True)
+class CloudView:
+    name: str
+    flavors: tuple[Flavor, ...]
+    vos: frozenset[str] | None  # VOs it has an image for; None: any
+    max_vms: int
+    max_cores: int | None = None
+    max_memory_mb: int | None = None
+    start_rate_per_minute: float = 1.0
+    starts_last_minute: int = 0
+    price_per_core_hour: float = 0.0
+    priority: int = 0
+    site: str | None = None
+    tags: frozenset[str] = frozenset()  # what its VMs offer (platform, gpu, …)
+    boot_failures_in_row: int = 0
+    last_boot_failure_at: float | None = None
+    vms: tuple[VMView, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ProvisioningSnapshot:
+    work: tuple[WorkClass, ...]
+    clouds: tuple[CloudView, ...]
+    vo_shares: dict[str, float] = field(default_factory=dict)
+    default_share: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class StartVMs:
+    cloud: str
+    vo: str
+    flavor: str
+    count: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class StopVM:
+    vm_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DrainVM:
+    vm_id: str
+    reason: str
+
+
+Action = StartVMs | StopVM | DrainVM

@@ -53,3 +53,28 @@ class Flavor:
     name: str
     cores: int
     memory_mb: int
+
+
+@dataclass(frozen=True, slots=True)
+class VM:
+    """A VM record: what we asked a cloud for, and what became of it."""
+
+    id: str
+    cloud: str
+    vo: str
+    flavor: str
+    cores: int
+    memory_mb: int
+    state: VMState
+    created_at: float
+    updated_at: float
+    instance_id: str | None = None
+    booted_at: float | None = None  # when its pilot first registered
+    last_seen_at: float | None = None
+    idle_since: float | None = None
+    expires_at: float | None = None  # the VM's maximum lifetime
+    jobs_run: int = 0
+    shutdown_code: int | None = None
+    shutdown_message: str | None = None
+    failure_reason: str | None = None
+    terminated_at: float | None = None

@@ -27,8 +27,21 @@ def _initial(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=tables)
 
 
+def _add_column(conn: Connection, table: str, column: str, ddl_type: str) -> None:
+    """ADD COLUMN unless present: a database created at version 1 by this code already has it."""
+    if column not in {c["name"] for c in inspect(conn).get_columns(table)}:
+        conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl_type}")
+
+
+def _vms(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.vms, schema.vm_events])
+    _add_column(conn, "tokens", "vm_id", "VARCHAR(64)")
+    _add_column(conn, "pilots", "vm_id", "VARCHAR(64)")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
+    (2, "VMs and their history; tokens and pilots bound to a VM", _vms),
 ]
 
 LATEST = MIGRATIONS[-1][0]

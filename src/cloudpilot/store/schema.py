@@ -39,6 +39,7 @@ tokens = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float),
     Column("revoked_at", Float),
+    Column("vm_id", String(64)),  # a pilot token minted for one VM (migration 2)
 )
 
 task_queues = Table(
@@ -119,6 +120,7 @@ pilots = Table(
     Column("state", String(16), nullable=False),
     Column("shutdown_code", Integer),
     Column("shutdown_message", Text),
+    Column("vm_id", String(64)),  # the VM it runs in, from its token (migration 2)
 )
 
 usage = Table(
@@ -137,4 +139,41 @@ sandboxes = Table(
     Column("size", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("created_by", String(32), nullable=False),
+)
+
+vms = Table(
+    "vms",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("cloud", String(100), nullable=False),
+    Column("vo", String(100), nullable=False),
+    Column("flavor", String(100), nullable=False),
+    Column("cores", Integer, nullable=False),
+    Column("memory_mb", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("instance_id", String(200)),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("booted_at", Float),
+    Column("last_seen_at", Float),
+    Column("idle_since", Float),
+    Column("expires_at", Float),
+    Column("jobs_run", Integer, nullable=False, default=0),
+    Column("shutdown_code", Integer),
+    Column("shutdown_message", Text),
+    Column("failure_reason", Text),
+    Column("terminated_at", Float),
+)
+Index("ix_vms_state_cloud", vms.c.state, vms.c.cloud)
+Index("ix_vms_cloud_created", vms.c.cloud, vms.c.created_at)
+
+vm_events = Table(
+    "vm_events",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("vm_id", String(64), ForeignKey("vms.id"), nullable=False, index=True),
+    Column("at", Float, nullable=False),
+    Column("from_state", String(16)),
+    Column("to_state", String(16), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
 )

@@ -1,0 +1,60 @@
+"""VM records on SQLite and PostgreSQL: transitions checked, history kept, back-off inputs derived."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import inspect
+
+from cloudpilot.domain.errors import IllegalTransition
+from cloudpilot.domain.vms import VM, VMState
+from cloudpilot.store.database import Database
+from cloudpilot.store.migrations import upgrade
+from cloudpilot.store.vms import VMRepository
+
+NOW = 1_800_000_000.0
+
+
+def new_vm(vm_id: str, cloud: str = "c1", at: float = NOW) -> VM:
+    return VM(vm_id, cloud, "lhcb", "small", 1, 2048, VMState.REQUESTED, at, at)
+
+
+def test_vm_lifecycle_is_checked_and_recorded(db: Database) -> None:
+    repo = VMRepository(db)
+    repo.create(new_vm("v1"), "2 lhcb jobs waiting")
+    repo.move("v1", VMState.BOOTING, NOW + 1, "instance i-1 created", instance_id="i-1")
+    with pytest.raises(IllegalTransition, match="'booting' to 'destroyed'"):
+        repo.move("v1", VMState.DESTROYED, NOW + 2, "skip")
+    repo.move("v1", VMState.RUNNING, NOW + 3, "pilot registered", booted_at=NOW + 3)
+    repo.move("v1", VMState.HALTED, NOW + 4, "300 No more work", shutdown_code=300)
+    vm = repo.move("v1", VMState.DESTROYED, NOW + 5, "destroyed", terminated_at=NOW + 5)
+    assert (vm.state, vm.instance_id, vm.shutdown_code, vm.terminated_at) == (VMState.DESTROYED, "i-1", 300, NOW + 5)
+    assert [h[2] for h in repo.history("v1")] == ["requested", "booting", "running", "halted", "destroyed"]
+    assert [v.id for v in repo.list({VMState.DESTROYED})] == ["v1"]
+
+
+def test_boot_failures_in_a_row_reset_by_a_boot(db: Database) -> None:
+    repo = VMRepository(db)
+    for i, (booted, failed) in enumerate([(True, False), (False, True), (False, False), (False, True)]):
+        at = NOW + i
+        repo.create(new_vm(f"v{i}", at=at), "work")
+        repo.move(f"v{i}", VMState.BOOTING, at, "created")
+        if booted:
+            repo.move(f"v{i}", VMState.RUNNING, at, "up", booted_at=at)
+        target = VMState.FAILED if failed else VMState.HALTED
+        repo.move(f"v{i}", target, at + 10, "end", failure_reason="boot timeout" if failed else None)
+    assert repo.boot_failures_in_row("c1") == (2, NOW + 13)
+    assert repo.boot_failures_in_row("other") == (0, None)
+    assert repo.starts_since("c1", NOW + 2) == 2
+
+
+def test_migration_two_adds_vm_binding_to_an_old_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    db = Database(f"sqlite:///{tmp_path / 'old.db'}")
+    upgrade(db, target=1)
+    with db.write() as conn:  # the shape version 1 really had
+        conn.exec_driver_sql("ALTER TABLE tokens DROP COLUMN vm_id")
+        conn.exec_driver_sql("ALTER TABLE pilots DROP COLUMN vm_id")
+    assert upgrade(db) == [2]
+    with db.read() as conn:
+        assert "vm_id" in {c["name"] for c in inspect(conn).get_columns("tokens")}
+        assert inspect(conn).has_table("vms")
+    db.dispose()

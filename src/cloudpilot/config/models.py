@@ -7,6 +7,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from cloudpilot.config.clouds import CloudConfig, ProvisionerConfig
+from cloudpilot.domain.provisioning import ProvisioningKnobs
+
 
 class ConfigError(Exception):
     """The configuration file cannot be read or does not validate; the message names the key."""
@@ -58,6 +61,9 @@ class ServerConfig(_Section):
     fair_share: FairShareConfig = FairShareConfig()
     jobs: JobsConfig = JobsConfig()
     storage: StorageConfig = StorageConfig()
+    clouds: dict[str, CloudConfig] = Field(default_factory=dict, description="Clouds VMs are started on.")
+    policy: ProvisioningKnobs = ProvisioningKnobs()
+    provisioner: ProvisionerConfig = ProvisionerConfig()
 
     def database_url_for(self, data_dir: Path) -> str:
         return self.database_url or f"sqlite:///{data_dir.resolve() / 'cloudpilot.db'}"

@@ -1,0 +1,66 @@
+"""Configuration of clouds (``clouds:``) and of the provisioner (``provisioner:``)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloudpilot.domain.vms import Flavor
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FlavorConfig(_Section):
+    cores: int = Field(ge=1)
+    memory_mb: int = Field(ge=1)
+    size: str | None = Field(None, description="The provider's size/flavor id (libcloud); default: the name.")
+
+
+class _CloudCommon(_Section):
+    flavors: dict[str, FlavorConfig] = Field(min_length=1, description="VM sizes cloudpilot may start here.")
+    max_vms: int = Field(10, ge=0, description="Most VMs at once (every VM not yet destroyed counts).")
+    max_cores: int | None = Field(None, ge=0, description="Most cores at once; unset: only max_vms limits.")
+    max_memory_mb: int | None = Field(None, ge=0, description="Most memory at once.")
+    start_rate_per_minute: float = Field(10.0, ge=1, description="Most VMs started in any minute.")
+    price_per_core_hour: float = Field(0.0, ge=0, description="Cost, for choosing the cheapest cloud first.")
+    priority: int = Field(0, description="Higher first when policy.cloud_order is priority (and on price ties).")
+    site: str | None = Field(None, description="The site its VMs count as (jobs' sites allow/deny).")
+    tags: list[str] = Field([], description="Tags its pilots offer (platform, gpu, …).")
+    vos: list[str] | None = Field(None, description="VOs it may run VMs for; unset: every VO.")
+    images: dict[str, str] = Field({}, description="Image per VO ('*' for any other VO).")
+    boot_timeout_seconds: float = Field(600.0, gt=0, description="A VM whose pilot has not registered by then fails.")
+    max_lifetime_seconds: float = Field(172_800.0, gt=0, description="A VM is drained, then destroyed, after this.")
+
+    def flavor_list(self) -> tuple[Flavor, ...]:
+        return tuple(Flavor(name, f.cores, f.memory_mb) for name, f in self.flavors.items())
+
+
+class LocalCloudConfig(_CloudCommon):
+    driver: Literal["local"]
+    boot_seconds: float = Field(0.0, ge=0, description="How long a local VM takes to boot.")
+    fail_share: float = Field(0.0, ge=0, le=1, description="Share of boots that end in error (tests, demos).")
+    hang_share: float = Field(0.0, ge=0, le=1, description="Share of boots that never finish (tests, demos).")
+
+
+class LibcloudCloudConfig(_CloudCommon):
+    driver: Literal["libcloud"]
+    provider: str = Field(description="Apache Libcloud provider name: ec2, openstack, gce, azure_arm, …")
+    driver_args: list[Any] = Field([], description="Positional arguments of the Libcloud driver (key, secret).")
+    driver_kwargs: dict[str, Any] = Field({}, description="Keyword arguments of the Libcloud driver (region, …).")
+    options: dict[str, Any] = Field({}, description="network, subnet, keypair, security_groups, availability_zone.")
+    ec2_moto_compat: bool = Field(False, description="Talk to a moto EC2 server (tests only).")
+
+
+CloudConfig = Annotated[LocalCloudConfig | LibcloudCloudConfig, Field(discriminator="driver")]
+
+
+class ProvisionerConfig(_Section):
+    interval_seconds: float = Field(10.0, gt=0, description="How often the provisioner and VM monitor run.")
+    server_url: str | None = Field(
+        None, description="The URL VMs use to reach this server; default http://HOST:PORT of `cloudpilot server`."
+    )
+    lost_after_seconds: float = Field(300.0, gt=0, description="A running VM silent this long is lost.")
+    pilot_idle_timeout_seconds: float = Field(300.0, gt=0, description="--idle-timeout given to VM pilots.")

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
 from cloudpilot import __version__
-from cloudpilot.api import jobs, pilots, tokens
+from cloudpilot.api import jobs, pilot_zipapp, pilots, tokens, vms
 from cloudpilot.api.errors import install_error_handlers
 from cloudpilot.api.notify import WorkNotifier
 from cloudpilot.api.responses import json_response
@@ -44,6 +44,10 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
         if run_loops:
             reaper = services.reaper
             loops.append(asyncio.create_task(_every(reaper.interval, "lease reaper", reaper.tick, services)))
+            if services.config.clouds:
+                # One loop, monitor then provisioner, so they never act on the same VM at once.
+                interval = services.config.provisioner.interval_seconds
+                loops.append(asyncio.create_task(_every(interval, "provisioning cycle", services.provision, services)))
         try:
             yield
         finally:
@@ -64,6 +68,8 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(pilots.router)
     app.include_router(tokens.router)
+    app.include_router(pilot_zipapp.router)
+    app.include_router(vms.router)
 
     @app.get("/api/v1/health", tags=["server"], summary="Liveness and version")
     def health() -> Response:

@@ -42,6 +42,7 @@ def server(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     services = Services.build(_config(config), data_dir)
+    services.public_url = f"http://{host}:{port}"
     app = create_app(services)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 

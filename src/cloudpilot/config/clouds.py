@@ -48,7 +48,7 @@ class LocalCloudConfig(_CloudCommon):
 class LibcloudCloudConfig(_CloudCommon):
     driver: Literal["libcloud"]
     provider: str = Field(description="Apache Libcloud provider name: ec2, openstack, gce, azure_arm, …")
-    driver_args: list[Any] = Field([], description="Positional arguments of the Libcloud driver (key, secret).")
+    driver_args: dict[str, Any] = Field({}, description="Credentials of the Libcloud driver (key, secret, …).")
     driver_kwargs: dict[str, Any] = Field({}, description="Keyword arguments of the Libcloud driver (region, …).")
     options: dict[str, Any] = Field({}, description="network, subnet, keypair, security_groups, availability_zone.")
     ec2_moto_compat: bool = Field(False, description="Talk to a moto EC2 server (tests only).")

@@ -15,13 +15,14 @@ class Role(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """The identity behind a valid token. ``vo`` scopes users and pilots, ``site`` scopes site admins."""
+    """The identity behind a valid token: ``vo`` scopes users and pilots, ``site`` site admins, ``vm_id`` VM pilots."""
 
     token_id: str
     role: Role
     name: str
     vo: str | None = None
     site: str | None = None
+    vm_id: str | None = None  # a pilot token minted for one VM
 
     @property
     def is_admin(self) -> bool:

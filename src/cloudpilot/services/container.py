@@ -6,13 +6,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudpilot.clouds.factory import build_drivers
 from cloudpilot.config import ServerConfig
 from cloudpilot.services.auth import Authenticator
 from cloudpilot.services.clock import Clock, SystemClock
 from cloudpilot.services.jobs import JobService
 from cloudpilot.services.matcher import MatchService
 from cloudpilot.services.pilots import PilotService
+from cloudpilot.services.provisioner import Provisioner
 from cloudpilot.services.reaper import LeaseReaper
+from cloudpilot.services.vm_activity import VMActivity
+from cloudpilot.services.vm_monitor import VMMonitor
 from cloudpilot.storage.local import LocalSandboxStore
 from cloudpilot.store.database import Database
 from cloudpilot.store.jobs import JobRepository
@@ -20,6 +24,7 @@ from cloudpilot.store.migrations import upgrade
 from cloudpilot.store.pilots import PilotRepository
 from cloudpilot.store.sandboxes import SandboxRepository
 from cloudpilot.store.tokens import TokenRepository
+from cloudpilot.store.vms import VMRepository
 
 
 @dataclass
@@ -36,7 +41,11 @@ class Services:
     pilots: PilotService
     matcher: MatchService
     reaper: LeaseReaper
+    vms: VMRepository
+    provisioner: Provisioner
+    vm_monitor: VMMonitor
     work_listeners: list[Callable[[], None]] = field(default_factory=list)
+    public_url: str = "http://127.0.0.1:8080"  # where VMs reach this server; set by the server once it listens
 
     @classmethod
     def build(cls, config: ServerConfig, data_dir: Path, clock: Clock | None = None) -> Services:
@@ -46,6 +55,9 @@ class Services:
         upgrade(db)
         job_repo = JobRepository(db)
         tokens = TokenRepository(db)
+        vm_repo = VMRepository(db)
+        pilot_repo = PilotRepository(db)
+        drivers = build_drivers(config.clouds, data_dir)
         sandbox_store = LocalSandboxStore(config.sandbox_dir_for(data_dir), config.storage.max_sandbox_bytes)
         matcher = MatchService(job_repo, config)
         services: Services
@@ -60,11 +72,25 @@ class Services:
             sandbox_store=sandbox_store,
             sandbox_records=SandboxRepository(db),
             jobs=job_service,
-            pilots=PilotService(job_repo, PilotRepository(db), matcher, config),
+            pilots=PilotService(job_repo, pilot_repo, matcher, config, VMActivity(vm_repo)),
             matcher=matcher,
             reaper=LeaseReaper(job_repo, config, on_requeue=lambda: services.new_work()),
+            vms=vm_repo,
+            provisioner=Provisioner(
+                config, job_repo, vm_repo, tokens, drivers, server_url=lambda: services.vm_server_url()
+            ),
+            vm_monitor=VMMonitor(
+                config, vm_repo, job_repo, pilot_repo, tokens, drivers, on_requeue=lambda: services.new_work()
+            ),
         )
         return services
+
+    def provision(self, now: float) -> list[object]:
+        """One provisioning cycle: the VM monitor settles what happened, then the provisioner decides."""
+        return [*self.vm_monitor.tick(now), *self.provisioner.tick(now)]
+
+    def vm_server_url(self) -> str:
+        return self.config.provisioner.server_url or self.public_url
 
     def new_work(self) -> None:
         """Jobs became waiting: refresh the matcher's snapshot and wake long-polling pilots."""

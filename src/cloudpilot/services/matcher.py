@@ -24,9 +24,7 @@ class _Snapshot:
     task_queues: dict[int, TaskQueue]
     shares: ShareState
     # (tags, site, VO) -> groups; kept across refreshes until a new task queue appears.
-    by_place: dict[tuple[tuple[str, ...], str | None, str | None], tuple[OwnerGroup, ...]] = field(
-        default_factory=dict
-    )
+    by_place: dict[tuple[tuple[str, ...], str | None, str | None], tuple[OwnerGroup, ...]] = field(default_factory=dict)
     empty: set[int] = field(default_factory=set)  # task queues found empty since the snapshot was taken
 
     def groups_for(self, offer: Offer, vo: str | None) -> tuple[OwnerGroup, ...]:

@@ -18,6 +18,7 @@ from cloudpilot.domain.matching import Offer
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
 from cloudpilot.services.matcher import MatchService
+from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.store.errors import NotFound
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.pilots import PilotRecord, PilotRepository
@@ -38,8 +39,14 @@ class Heartbeat:
 
 class PilotService:
     def __init__(
-        self, jobs: JobRepository, pilots: PilotRepository, matcher: MatchService, config: ServerConfig
+        self,
+        jobs: JobRepository,
+        pilots: PilotRepository,
+        matcher: MatchService,
+        config: ServerConfig,
+        vm_activity: VMActivity | None = None,
     ) -> None:
+        self.vm_activity = vm_activity
         self.jobs = jobs
         self.pilots = pilots
         self.matcher = matcher
@@ -59,6 +66,8 @@ class PilotService:
         cloud: str | None,
     ) -> Registration:
         require(principal, Role.PILOT)
+        if principal.vm_id is not None and self.vm_activity is not None:
+            self.vm_activity.pilot_registered(principal.vm_id, now)
         pilot_id = secrets.token_hex(8)
         self.pilots.register(
             PilotRecord(
@@ -75,6 +84,7 @@ class PilotService:
                 state="active",
                 shutdown_code=None,
                 shutdown_message=None,
+                vm_id=principal.vm_id,
             )
         )
         with self._lock:
@@ -85,7 +95,10 @@ class PilotService:
     def match(self, principal: Principal, pilot_id: str, offer: Offer, now: float) -> Job | None:
         require(principal, Role.PILOT)
         self._check_owner(principal, pilot_id, field="pilot_id")
-        return self.matcher.match(pilot_id, offer, principal.vo, now)
+        job = self.matcher.match(pilot_id, offer, principal.vo, now)
+        if principal.vm_id is not None and self.vm_activity is not None:
+            self.vm_activity.seen(principal.vm_id, now, matched=job is not None)
+        return job
 
     def input_sandbox(self, principal: Principal, job_id: int, lease_token: int) -> str:
         job = self._held(principal, job_id, lease_token)
@@ -104,6 +117,8 @@ class PilotService:
         progress: str | None,
     ) -> Heartbeat:
         self._held(principal, job_id, lease_token, allow_killed=True)
+        if principal.vm_id is not None and self.vm_activity is not None:
+            self.vm_activity.seen(principal.vm_id, now, matched=False)
         job = self.jobs.heartbeat(
             job_id, lease_token, now, self.config.lease.seconds, cpu_seconds, max_rss_bytes, progress
         )
@@ -150,6 +165,8 @@ class PilotService:
         require(principal, Role.PILOT)
         self._check_owner(principal, pilot_id, field=None)
         self.pilots.halt(pilot_id, code, message, now)
+        if principal.vm_id is not None and self.vm_activity is not None:
+            self.vm_activity.pilot_halted(principal.vm_id, code, message, now)
 
     # --- checks -----------------------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ from cloudpilot.store.database import Database
 from cloudpilot.store.errors import Conflict, NotFound
 from cloudpilot.store.fastpath import CompiledStatement
 from cloudpilot.store.rows import event_from_row, job_from_row, task_queue_from_row
-from cloudpilot.store.schema import job_events, jobs, task_queues, usage
+from cloudpilot.store.schema import job_events, jobs, pilots, task_queues, usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,19 +377,25 @@ class JobRepository:
 
     def expire_leases(self, now: float, limit: int = 500, half_life: float = 86400.0) -> list[Requeued]:
         """Send jobs whose lease ran out back to ``waiting``, or to ``failed`` once out of attempts."""
+        expired = and_(jobs.c.state.in_([s.value for s in ACTIVE_STATES]), jobs.c.lease_expires_at < now)
+        return self._release(expired, now, "lease expired", limit, half_life)
+
+    def release_pilots(self, pilot_ids: list[str], now: float, why: str, half_life: float = 86400.0) -> list[Requeued]:
+        """The pilots are gone (their VM was lost or destroyed): their jobs go back now, not at lease expiry."""
+        if not pilot_ids:
+            return []
+        held = and_(jobs.c.state.in_([s.value for s in ACTIVE_STATES]), jobs.c.pilot_id.in_(pilot_ids))
+        return self._release(held, now, why, 100_000, half_life)
+
+    def _release(self, where: Any, now: float, why: str, limit: int, half_life: float) -> list[Requeued]:
         done: list[Requeued] = []
         with self.db.write() as conn:
-            stmt = (
-                select(jobs)
-                .where(jobs.c.state.in_([s.value for s in ACTIVE_STATES]), jobs.c.lease_expires_at < now)
-                .order_by(jobs.c.lease_expires_at)
-                .limit(limit)
-            )
+            stmt = select(jobs).where(where).order_by(jobs.c.lease_expires_at).limit(limit)
             if self.db.is_postgres:
                 stmt = stmt.with_for_update(skip_locked=True)
             for row in conn.execute(stmt).mappings().all():
                 job = job_from_row(row)
-                lost = f"lease expired: pilot {job.pilot_id} lost during attempt {job.attempts}"
+                lost = f"{why}: pilot {job.pilot_id} lost during attempt {job.attempts}"
                 self._record_usage(conn, job, now, half_life)
                 if job.attempts >= job.max_attempts:
                     reason = f"{lost}; no attempts left ({job.attempts}/{job.max_attempts})"
@@ -401,6 +407,31 @@ class JobRepository:
                     self._move(conn, job, JobState.WAITING, now, lost, values)
                     done.append(Requeued(job.id, JobState.WAITING, lost))
         return done
+
+    # --- the provisioner's view -------------------------------------------------------------------------
+
+    def waiting_per_task_queue(self) -> list[tuple[TaskQueue, int]]:
+        """Every task queue with waiting jobs, and how many."""
+        counts = (
+            select(jobs.c.tq_id, func.count().label("n"))
+            .where(jobs.c.state == JobState.WAITING.value)
+            .group_by(jobs.c.tq_id)
+            .subquery()
+        )
+        stmt = select(task_queues, counts.c.n).join(counts, counts.c.tq_id == task_queues.c.id)
+        with self.db.read() as conn:
+            return [(task_queue_from_row(r), int(r["n"])) for r in conn.execute(stmt).mappings()]
+
+    def active_cores_by_vm(self) -> dict[str, int]:
+        """Cores held by matched or running jobs, per VM (through the pilots running in it)."""
+        stmt = (
+            select(pilots.c.vm_id, func.sum(jobs.c.cores))
+            .join(pilots, pilots.c.id == jobs.c.pilot_id)
+            .where(jobs.c.state.in_([s.value for s in ACTIVE_STATES]), pilots.c.vm_id.is_not(None))
+            .group_by(pilots.c.vm_id)
+        )
+        with self.db.read() as conn:
+            return {vm_id: int(n) for vm_id, n in conn.execute(stmt)}
 
     # --- internals --------------------------------------------------------------------------------------
 

@@ -26,6 +26,7 @@ class PilotRecord:
     state: str
     shutdown_code: int | None
     shutdown_message: str | None
+    vm_id: str | None = None
 
 
 class PilotRepository:
@@ -49,6 +50,10 @@ class PilotRepository:
             stmt = stmt.where(pilots.c.vo == vo)
         with self.db.read() as conn:
             return [PilotRecord(**r) for r in conn.execute(stmt).mappings()]
+
+    def ids_in_vm(self, vm_id: str) -> list[str]:
+        with self.db.read() as conn:
+            return list(conn.execute(select(pilots.c.id).where(pilots.c.vm_id == vm_id)).scalars())
 
     def seen(self, pilot_id: str, now: float) -> None:
         with self.db.write() as conn:

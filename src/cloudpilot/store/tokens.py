@@ -48,6 +48,7 @@ class TokenRepository:
         vo: str | None = None,
         site: str | None = None,
         expires_at: float | None = None,
+        vm_id: str | None = None,
     ) -> IssuedToken:
         token_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(24)
@@ -62,9 +63,10 @@ class TokenRepository:
                     site=site,
                     created_at=now,
                     expires_at=expires_at,
+                    vm_id=vm_id,
                 )
             )
-        principal = Principal(token_id=token_id, role=role, name=name, vo=vo, site=site)
+        principal = Principal(token_id=token_id, role=role, name=name, vo=vo, site=site, vm_id=vm_id)
         return IssuedToken(id=token_id, token=f"{PREFIX}_{token_id}_{secret}", principal=principal)
 
     def authenticate(self, token: str, now: float) -> Principal | None:
@@ -88,3 +90,11 @@ class TokenRepository:
             )
             if result.rowcount == 0:
                 raise NotFound(f"no active token {token_id}")
+
+    def revoke_for_vm(self, vm_id: str, now: float) -> int:
+        """Revoke every token minted for a VM (it is being destroyed); returns how many."""
+        with self.db.write() as conn:
+            result = conn.execute(
+                update(tokens).where(tokens.c.vm_id == vm_id, tokens.c.revoked_at.is_(None)).values(revoked_at=now)
+            )
+            return result.rowcount

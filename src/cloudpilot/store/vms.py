@@ -93,6 +93,15 @@ class VMRepository:
         with self.db.write() as conn:
             conn.execute(update(vms).where(vms.c.id == vm_id).values(updated_at=now, **values))
 
+    def increment_jobs(self, vm_id: str, now: float) -> None:
+        """Its pilot took a job: seen now, not idle, one more job run."""
+        with self.db.write() as conn:
+            conn.execute(
+                update(vms)
+                .where(vms.c.id == vm_id)
+                .values(jobs_run=vms.c.jobs_run + 1, last_seen_at=now, idle_since=None, updated_at=now)
+            )
+
     def starts_since(self, cloud: str, since: float) -> int:
         with self.db.read() as conn:
             return int(

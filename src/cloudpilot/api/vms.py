@@ -1,0 +1,73 @@
+"""``/api/v1/vms`` and ``/api/v1/clouds``: what runs where (admins), and stopping a VM."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict
+from typing import Any
+
+from fastapi import APIRouter, Response
+
+from cloudpilot.api.deps import PrincipalDep, ServicesDep
+from cloudpilot.api.responses import json_response
+from cloudpilot.domain.auth import Role
+from cloudpilot.domain.vms import VM, VMState
+from cloudpilot.services.auth import require
+
+router = APIRouter(prefix="/api/v1", tags=["vms"])
+
+
+def vm_json(vm: VM) -> dict[str, Any]:
+    return {**asdict(vm), "state": vm.state.value}
+
+
+@router.get("/vms", summary="VMs, newest last (admin)")
+def list_vms(principal: PrincipalDep, services: ServicesDep, state: VMState | None = None) -> Response:
+    require(principal, Role.ADMIN)
+    vms = services.vms.list(states=None if state is None else {state})
+    return json_response({"vms": [vm_json(vm) for vm in vms]})
+
+
+@router.get("/vms/{vm_id}", summary="One VM with its history (admin)")
+def get_vm(vm_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
+    require(principal, Role.ADMIN)
+    history = [
+        {"at": at, "from_state": old, "to_state": new, "reason": reason}
+        for at, old, new, reason in services.vms.history(vm_id)
+    ]
+    return json_response({**vm_json(services.vms.get(vm_id)), "history": history})
+
+
+@router.post("/vms/{vm_id}/stop", summary="Stop a VM: it is halted and destroyed by the next cycle (admin)")
+def stop_vm(vm_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
+    require(principal, Role.ADMIN)
+    vm = services.vms.move(
+        vm_id,
+        VMState.HALTED,
+        services.clock.now(),
+        f"stopped by {principal.name}",
+        shutdown_message=f"stopped by {principal.name}",
+    )
+    return json_response(vm_json(vm))
+
+
+@router.get("/clouds", summary="Configured clouds with their VMs per state")
+def list_clouds(principal: PrincipalDep, services: ServicesDep) -> Response:
+    require(principal, Role.ADMIN, Role.USER)
+    counts: dict[str, Counter[str]] = {name: Counter() for name in services.config.clouds}
+    for vm in services.vms.list(states={s for s in VMState if not s.is_final}):
+        counts.setdefault(vm.cloud, Counter())[vm.state.value] += 1
+    clouds = []
+    for name, settings in services.config.clouds.items():
+        clouds.append(
+            {
+                "name": name,
+                "driver": settings.driver,
+                "flavors": {f: {"cores": v.cores, "memory_mb": v.memory_mb} for f, v in settings.flavors.items()},
+                "max_vms": settings.max_vms,
+                "price_per_core_hour": settings.price_per_core_hour,
+                "site": settings.site,
+                "vms": dict(counts[name]),
+            }
+        )
+    return json_response({"clouds": clouds})

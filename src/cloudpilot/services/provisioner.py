@@ -1,0 +1,195 @@
+"""The provisioner loop: read the queue and the clouds, let the pure policy decide, carry the actions out.
+
+``tick(now)`` reads everything once into a :class:`ProvisioningSnapshot`, calls
+:func:`cloudpilot.policy.provisioning.decide` (the code the simulator runs too), then starts and stops VMs
+through the cloud drivers. A VM is recorded (``requested``) before the cloud is asked, with a pilot token
+minted for it alone; the cloud's answer moves it to ``booting`` or ``failed`` (which backs the cloud off).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cloudpilot.clouds.base import CloudDriver, LaunchRequest
+from cloudpilot.clouds.errors import CloudError
+from cloudpilot.config import ServerConfig
+from cloudpilot.config.clouds import LibcloudCloudConfig, LocalCloudConfig
+from cloudpilot.context.redact import redact
+from cloudpilot.context.userdata import PilotContext, build_user_data
+from cloudpilot.domain.auth import Role
+from cloudpilot.domain.provisioning import (
+    Action,
+    CloudView,
+    DrainVM,
+    ProvisioningSnapshot,
+    StartVMs,
+    StopVM,
+    VMView,
+    WorkClass,
+)
+from cloudpilot.domain.vms import VM, VM_TRANSITIONS, VMState
+from cloudpilot.policy.provisioning import decide
+from cloudpilot.store.jobs import JobRepository
+from cloudpilot.store.tokens import TokenRepository
+from cloudpilot.store.vms import VMRepository
+
+log = logging.getLogger("cloudpilot.provisioner")
+
+CloudSettings = LocalCloudConfig | LibcloudCloudConfig
+
+
+@dataclass
+class Provisioner:
+    config: ServerConfig
+    jobs: JobRepository
+    vms: VMRepository
+    tokens: TokenRepository
+    drivers: dict[str, CloudDriver]
+    server_url: Callable[[], str]  # where VMs reach this server (known once it listens)
+    on_change: Callable[[], None] = lambda: None
+
+    @property
+    def interval(self) -> float:
+        return self.config.provisioner.interval_seconds
+
+    def tick(self, now: float) -> list[Action]:
+        if not self.drivers:
+            return []
+        actions = decide(self.snapshot(now), self.config.policy, now)
+        for action in actions:
+            if isinstance(action, StartVMs):
+                self._start(action, now)
+            elif isinstance(action, StopVM | DrainVM):
+                self._stop(action.vm_id, action.reason, now)
+        return actions
+
+    # --- reading ----------------------------------------------------------------------------------------
+
+    def snapshot(self, now: float) -> ProvisioningSnapshot:
+        work = tuple(
+            WorkClass(
+                vo=tq.vo,
+                cores=tq.cores,
+                memory_mb=tq.memory_mb,
+                wall_seconds=tq.wall_seconds,
+                tags=tq.tags,
+                sites_allow=tq.sites_allow,
+                sites_deny=tq.sites_deny,
+                waiting=n,
+            )
+            for tq, n in self.jobs.waiting_per_task_queue()
+        )
+        live = self.vms.list(states={s for s in VMState if not s.is_final})
+        busy = self.jobs.active_cores_by_vm()
+        by_cloud: dict[str, list[VMView]] = defaultdict(list)
+        for vm in live:
+            free = vm.cores if vm.state is not VMState.RUNNING else max(0, vm.cores - busy.get(vm.id, 0))
+            idle_since = vm.idle_since if busy.get(vm.id, 0) == 0 else None
+            by_cloud[vm.cloud].append(
+                VMView(vm.id, vm.vo, vm.flavor, vm.state, vm.cores, vm.memory_mb, free, idle_since)
+            )
+        clouds = tuple(self._cloud_view(name, settings, by_cloud[name], now) for name, settings in self._configured())
+        return ProvisioningSnapshot(
+            work=work, clouds=clouds, vo_shares=self.config.vo_shares(), default_share=self.config.default_vo_share
+        )
+
+    def _configured(self) -> list[tuple[str, CloudSettings]]:
+        return [(name, settings) for name, settings in self.config.clouds.items() if name in self.drivers]
+
+    def _cloud_view(self, name: str, c: CloudSettings, vms: list[VMView], now: float) -> CloudView:
+        failures, last_failure = self.vms.boot_failures_in_row(name)
+        return CloudView(
+            name=name,
+            flavors=c.flavor_list(),
+            vos=None if c.vos is None else frozenset(c.vos),
+            max_vms=c.max_vms,
+            max_cores=c.max_cores,
+            max_memory_mb=c.max_memory_mb,
+            start_rate_per_minute=c.start_rate_per_minute,
+            starts_last_minute=self.vms.starts_since(name, now - 60),
+            price_per_core_hour=c.price_per_core_hour,
+            priority=c.priority,
+            site=c.site,
+            tags=frozenset(c.tags),
+            boot_failures_in_row=failures,
+            last_boot_failure_at=last_failure,
+            vms=tuple(vms),
+        )
+
+    # --- acting -----------------------------------------------------------------------------------------
+
+    def _start(self, action: StartVMs, now: float) -> None:
+        settings = self.config.clouds[action.cloud]
+        flavor = settings.flavors[action.flavor]
+        for _ in range(action.count):
+            vm_id = f"vm-{secrets.token_hex(6)}"
+            expires = now + settings.max_lifetime_seconds
+            self.vms.create(
+                VM(
+                    vm_id,
+                    action.cloud,
+                    action.vo,
+                    action.flavor,
+                    flavor.cores,
+                    flavor.memory_mb,
+                    VMState.REQUESTED,
+                    now,
+                    now,
+                    expires_at=expires,
+                ),
+                action.reason,
+            )
+            token = self.tokens.create(Role.PILOT, vm_id, now, vo=action.vo, expires_at=expires, vm_id=vm_id).token
+            context = PilotContext(
+                server_url=self.server_url(),
+                vm_id=vm_id,
+                vo=action.vo,
+                pilot_token=token,
+                cores=flavor.cores,
+                memory_mb=flavor.memory_mb,
+                site=settings.site,
+                cloud=action.cloud,
+                tags=tuple(settings.tags),
+                lifetime_seconds=settings.max_lifetime_seconds,
+                idle_timeout_seconds=self.config.provisioner.pilot_idle_timeout_seconds,
+            )
+            request = LaunchRequest(
+                vm_id=vm_id,
+                vo=action.vo,
+                flavor=action.flavor,
+                user_data=build_user_data(context),
+                image=settings.images.get(action.vo, settings.images.get("*")),
+            )
+            try:
+                instance = self.drivers[action.cloud].create(request)
+            except CloudError as exc:
+                reason = redact(str(exc), [token])
+                log.warning("VM %s on %s failed to start: %s", vm_id, action.cloud, reason)
+                self.vms.move(vm_id, VMState.FAILED, now, reason, failure_reason=reason)
+                self.tokens.revoke_for_vm(vm_id, now)
+                continue
+            self.vms.move(
+                vm_id,
+                VMState.BOOTING,
+                now,
+                f"instance {instance.instance_id} created",
+                instance_id=instance.instance_id,
+            )
+            log.info("VM %s (%s) booting on %s for %s", vm_id, action.flavor, action.cloud, action.vo)
+        self.on_change()
+
+    def _stop(self, vm_id: str, reason: str, now: float) -> None:
+        vm = self.vms.get(vm_id)
+        if VMState.HALTED in VM_TRANSITIONS[vm.state]:
+            self.vms.move(
+                vm_id,
+                VMState.HALTED,
+                now,
+                f"stopped by the provisioner: {reason}",
+                shutdown_message=f"stopped by the provisioner: {reason}",
+            )
+            log.info("VM %s stopped: %s", vm_id, reason)

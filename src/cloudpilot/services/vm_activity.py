@@ -1,0 +1,44 @@
+"""What a VM's pilot tells us about the VM: it booted, it works, it is alive, it halted."""
+
+from __future__ import annotations
+
+from cloudpilot.domain.vms import VMState
+from cloudpilot.services.errors import Forbidden
+from cloudpilot.store.errors import NotFound
+from cloudpilot.store.vms import VMRepository
+
+ALIVE = frozenset({VMState.BOOTING, VMState.RUNNING, VMState.DRAINING})
+
+
+class VMActivity:
+    def __init__(self, vms: VMRepository) -> None:
+        self.vms = vms
+
+    def pilot_registered(self, vm_id: str, now: float) -> None:
+        """The VM booted: its pilot is up. A pilot of a VM we gave up on may not start working."""
+        try:
+            vm = self.vms.get(vm_id)
+        except NotFound as exc:
+            raise Forbidden(f"VM {vm_id} of this token is not known") from exc
+        if vm.state not in ALIVE:
+            raise Forbidden(f"VM {vm_id} is {vm.state.value}: its pilot may not take work")
+        if vm.state is VMState.BOOTING:
+            self.vms.move(
+                vm_id, VMState.RUNNING, now, "pilot registered", booted_at=now, last_seen_at=now, idle_since=now
+            )
+        else:
+            self.vms.update(vm_id, now, last_seen_at=now)
+
+    def seen(self, vm_id: str, now: float, matched: bool) -> None:
+        if matched:
+            self.vms.increment_jobs(vm_id, now)
+        else:
+            self.vms.update(vm_id, now, last_seen_at=now)
+
+    def pilot_halted(self, vm_id: str, code: int, message: str, now: float) -> None:
+        vm = self.vms.get(vm_id)
+        values = {"shutdown_code": code, "shutdown_message": message[:1000]}
+        if vm.state in (VMState.RUNNING, VMState.DRAINING, VMState.BOOTING):
+            self.vms.move(vm_id, VMState.HALTED, now, f"pilot halted: {message[:200]}", **values)
+        else:
+            self.vms.update(vm_id, now, **values)

@@ -1,0 +1,148 @@
+"""The VM monitor: no VM record stays stuck, and no instance of ours runs unknown.
+
+Every ``tick(now)``:
+1. VMs that time out: ``booting`` past the cloud's ``boot_timeout_seconds`` → ``failed``; ``running`` or
+   ``draining`` with no word from their pilot for ``provisioner.lost_after_seconds`` → ``lost``, and the jobs
+   their pilots held go back to the queue at once;
+2. VMs past their maximum lifetime → ``halted``;
+3. reconciliation with each cloud's own list: an instance tagged as ours whose VM is unknown or destroyed is
+   destroyed; a live VM whose instance is gone → ``lost``; an instance that stopped (the pilot powered the VM
+   off) → ``halted``; one in error → ``failed``;
+4. ``halted``, ``failed`` and ``lost`` VMs are destroyed through their driver and their tokens revoked.
+A cloud that cannot be listed is skipped this cycle (its VMs are left as they are), not guessed about.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cloudpilot.clouds.base import CloudDriver, Instance, InstanceState
+from cloudpilot.clouds.errors import CloudError
+from cloudpilot.config import ServerConfig
+from cloudpilot.domain.vms import TO_DESTROY_STATES, VM, VMState
+from cloudpilot.store.jobs import JobRepository
+from cloudpilot.store.pilots import PilotRepository
+from cloudpilot.store.tokens import TokenRepository
+from cloudpilot.store.vms import VMRepository
+
+log = logging.getLogger("cloudpilot.vm_monitor")
+
+ALIVE = frozenset({VMState.BOOTING, VMState.RUNNING, VMState.DRAINING})
+
+
+@dataclass
+class VMMonitor:
+    config: ServerConfig
+    vms: VMRepository
+    jobs: JobRepository
+    pilots: PilotRepository
+    tokens: TokenRepository
+    drivers: dict[str, CloudDriver]
+    on_requeue: Callable[[], None] = lambda: None
+
+    @property
+    def interval(self) -> float:
+        return self.config.provisioner.interval_seconds
+
+    def tick(self, now: float) -> list[str]:
+        """Returns a line per VM it changed (for logs and tests)."""
+        changes: list[str] = []
+        busy = self.jobs.active_cores_by_vm()
+        for vm in self.vms.list(states=set(ALIVE)):
+            changes += self._timeouts(vm, now, busy.get(vm.id, 0))
+        for cloud, driver in self.drivers.items():
+            changes += self._reconcile(cloud, driver, now)
+        for vm in self.vms.list(states=set(TO_DESTROY_STATES)):
+            changes += self._destroy(vm, now)
+        return changes
+
+    def _timeouts(self, vm: VM, now: float, busy_cores: int) -> list[str]:
+        settings = self.config.clouds.get(vm.cloud)
+        boot_timeout = settings.boot_timeout_seconds if settings else 600.0
+        if vm.state is VMState.BOOTING and now - vm.created_at > boot_timeout:
+            reason = f"boot timeout: no pilot after {boot_timeout:.0f} s"
+            self.vms.move(vm.id, VMState.FAILED, now, reason, failure_reason=reason)
+            return [f"{vm.id} failed: {reason}"]
+        if vm.state is VMState.BOOTING:
+            return []
+        silent = now - (vm.last_seen_at or vm.booted_at or vm.created_at)
+        if silent > self.config.provisioner.lost_after_seconds:
+            return [self._lose(vm, now, f"no word from its pilot for {silent:.0f} s")]
+        if vm.expires_at is not None and now >= vm.expires_at:
+            self.vms.move(vm.id, VMState.HALTED, now, "maximum lifetime reached", shutdown_message="lifetime reached")
+            return [f"{vm.id} halted: maximum lifetime"]
+        if busy_cores == 0 and vm.idle_since is None:
+            self.vms.update(vm.id, now, idle_since=now)
+        return []
+
+    def _lose(self, vm: VM, now: float, why: str) -> str:
+        self.vms.move(vm.id, VMState.LOST, now, why, failure_reason=why if vm.booted_at is None else None)
+        released = self.jobs.release_pilots(
+            self.pilots.ids_in_vm(vm.id), now, f"VM {vm.id} lost", self.config.fair_share.half_life_seconds
+        )
+        if released:
+            self.on_requeue()
+        return f"{vm.id} lost: {why}; {len(released)} job(s) requeued"
+
+    def _reconcile(self, cloud: str, driver: CloudDriver, now: float) -> list[str]:
+        try:
+            instances = driver.list()
+        except CloudError as exc:
+            log.warning("cannot list %s this cycle: %s", cloud, exc)
+            return []
+        known = {vm.id: vm for vm in self.vms.list(cloud=cloud)}
+        changes: list[str] = []
+        seen: set[str] = set()
+        for inst in instances:
+            vm = known.get(inst.vm_id or "")
+            if vm is None or vm.state is VMState.DESTROYED:
+                changes += self._destroy_stray(cloud, driver, inst)
+                continue
+            seen.add(vm.id)
+            changes += self._follow_instance(vm, inst, now)
+        for vm in known.values():
+            if vm.state in ALIVE and vm.instance_id is not None and vm.id not in seen:
+                changes.append(self._lose(vm, now, f"instance {vm.instance_id} vanished from cloud {cloud}"))
+        return changes
+
+    def _follow_instance(self, vm: VM, inst: Instance, now: float) -> list[str]:
+        if vm.state not in ALIVE:
+            return []
+        if inst.state is InstanceState.STOPPED:
+            self.vms.move(vm.id, VMState.HALTED, now, "the instance stopped")
+            return [f"{vm.id} halted: instance stopped"]
+        if inst.state is InstanceState.ERROR:
+            reason = f"instance {inst.instance_id} is in error on cloud {vm.cloud}"
+            self.vms.move(vm.id, VMState.FAILED, now, reason, failure_reason=reason)
+            return [f"{vm.id} failed: {reason}"]
+        return []
+
+    def _destroy_stray(self, cloud: str, driver: CloudDriver, inst: Instance) -> list[str]:
+        try:
+            driver.destroy(inst.instance_id)
+        except CloudError as exc:
+            log.warning("cannot destroy stray instance %s on %s: %s", inst.instance_id, cloud, exc)
+            return []
+        return [f"stray instance {inst.instance_id} on {cloud} destroyed"]
+
+    def _destroy(self, vm: VM, now: float) -> list[str]:
+        driver = self.drivers.get(vm.cloud)
+        if vm.instance_id is not None and driver is not None:
+            try:
+                driver.destroy(vm.instance_id)
+            except CloudError as exc:
+                log.warning("cannot destroy %s (%s) yet: %s", vm.id, vm.instance_id, exc)
+                return []
+        self.tokens.revoke_for_vm(vm.id, now)
+        # Jobs still held by its pilots (a VM halted at the end of its lifetime) go back to the queue now.
+        released = self.jobs.release_pilots(
+            self.pilots.ids_in_vm(vm.id), now, f"VM {vm.id} destroyed", self.config.fair_share.half_life_seconds
+        )
+        if released:
+            self.on_requeue()
+        self.vms.move(vm.id, VMState.DESTROYED, now, f"destroyed after {vm.state.value}", terminated_at=now)
+        if vm.state is VMState.HALTED:
+            return [f"{vm.id} destroyed"]
+        return [f"{vm.id} destroyed ({vm.state.value})"]

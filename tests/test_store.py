@@ -157,3 +157,12 @@ def test_concurrent_claims_never_hand_a_job_twice(db: Database, db_url: str) -> 
     claimed += [job for got in per_thread for job in got]
     assert sorted(claimed) == sorted(ids)  # every job handed out exactly once
     assert repo.counts(None, None)["matched"] == 400
+
+
+def test_a_vm_token_carries_its_vm(db: Database) -> None:
+    tokens = TokenRepository(db)
+    issued = tokens.create(Role.PILOT, "vm-1", NOW, vo="lhcb", expires_at=NOW + 60, vm_id="vm-1")
+    assert tokens.authenticate(issued.token, NOW).vm_id == "vm-1"  # type: ignore[union-attr]
+    assert tokens.authenticate(issued.token, NOW + 61) is None  # expires with the VM's lifetime
+    assert tokens.revoke_for_vm("vm-1", NOW) == 1
+    assert tokens.revoke_for_vm("vm-1", NOW) == 0

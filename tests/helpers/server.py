@@ -64,7 +64,8 @@ def start_server(config: ServerConfig, data_dir: Path, port: int | None = None) 
         if time.time() > deadline or not thread.is_alive():
             raise RuntimeError("the test server did not start")
         time.sleep(0.02)
-    return RunningServer(f"http://127.0.0.1:{port}", services, server, thread)
+    services.public_url = f"http://127.0.0.1:{port}"  # where VMs of local clouds reach it
+    return RunningServer(services.public_url, services, server, thread)
 
 
 ServerFactory = Callable[..., RunningServer]

@@ -2,7 +2,8 @@
 
 Every ``tick(now)``:
 1. VMs that time out: ``booting`` past the cloud's ``boot_timeout_seconds`` → ``failed``; ``running`` or
-   ``draining`` with no word from their pilot for ``provisioner.lost_after_seconds`` → ``lost``, and the jobs
+   ``draining`` with no word from their pilot for ``provisioner.lost_after_seconds``, or whose instance
+   stopped without the pilot's shutdown report → ``lost``, and the jobs
    their pilots held go back to the queue at once;
 2. VMs past their maximum lifetime → ``halted``;
 3. reconciliation with each cloud's own list: an instance tagged as ours whose VM is unknown or destroyed is
@@ -111,6 +112,9 @@ class VMMonitor:
         if vm.state not in ALIVE:
             return []
         if inst.state is InstanceState.STOPPED:
+            if vm.shutdown_code is None and vm.booted_at is not None:
+                # Powered off without its pilot's last word: it died under its jobs.
+                return [self._lose(vm, now, "the instance stopped without a shutdown report from its pilot")]
             self.vms.move(vm.id, VMState.HALTED, now, "the instance stopped")
             return [f"{vm.id} halted: instance stopped"]
         if inst.state is InstanceState.ERROR:

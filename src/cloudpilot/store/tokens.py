@@ -81,7 +81,14 @@ class TokenRepository:
             return None
         if row["revoked_at"] is not None or (row["expires_at"] is not None and row["expires_at"] <= now):
             return None
-        return Principal(token_id=row["id"], role=Role(row["role"]), name=row["name"], vo=row["vo"], site=row["site"])
+        return Principal(
+            token_id=row["id"],
+            role=Role(row["role"]),
+            name=row["name"],
+            vo=row["vo"],
+            site=row["site"],
+            vm_id=row["vm_id"],
+        )
 
     def revoke(self, token_id: str, now: float) -> None:
         with self.db.write() as conn:

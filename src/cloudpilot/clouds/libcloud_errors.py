@@ -26,12 +26,11 @@ from cloudpilot.clouds.errors import (
     Fatal,
     QuotaExceeded,
 )
+from cloudpilot.domain.auth import TOKEN_PATTERN
 
 REDACTED = "[redacted]"
 MAX_MESSAGE = 500  # a cloud's error body can be a whole HTML page; the start says what went wrong
 
-# cloudpilot tokens are cp_<hex id>_<url-safe secret> (see cloudpilot.store.tokens)
-_TOKEN = re.compile(r"cp_[0-9a-fA-F]+_[A-Za-z0-9_\-]+")
 # user-data as a parameter of the EC2 query API (GET …?UserData=…) or of Nova's JSON body
 _USER_DATA_PARAM = re.compile(r"(UserData=)[^&\s'\"]+|(\"user_data\"\s*:\s*\")[^\"]*", re.IGNORECASE)
 # secrets shorter than this are not redacted as substrings: they would mangle ordinary words
@@ -68,7 +67,7 @@ class Redactor:
         for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, REDACTED)
         text = _USER_DATA_PARAM.sub(lambda m: (m.group(1) or m.group(2)) + REDACTED, text)
-        return _TOKEN.sub(REDACTED, text)
+        return TOKEN_PATTERN.sub(REDACTED, text)
 
 
 def is_not_found(exc: Exception) -> bool:

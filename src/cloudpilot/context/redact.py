@@ -6,6 +6,8 @@ import base64
 import urllib.parse
 from collections.abc import Iterable
 
+from cloudpilot.domain.auth import TOKEN_PATTERN
+
 MASK = "***"
 # Secrets shorter than this are only masked verbatim: their encoded fragments would be short enough to match
 # unrelated text.
@@ -13,7 +15,8 @@ _MIN_ENCODED = 8
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:
-    """``text`` with every occurrence of each secret replaced by ``***``.
+    """``text`` with every occurrence of each secret, and of anything shaped like a cloudpilot token, replaced
+    by ``***``.
 
     Besides the secret itself this masks its URL-encoded form and its base64 forms, because some cloud APIs
     echo the (base64-encoded) user-data back in their error messages. Empty and ``None`` secrets are ignored.
@@ -29,7 +32,7 @@ def redact(text: str, secrets: Iterable[str | None]) -> str:
     # Longest first, so a secret that contains another is masked whole rather than in pieces.
     for variant in sorted(variants, key=len, reverse=True):
         text = text.replace(variant, MASK)
-    return text
+    return TOKEN_PATTERN.sub(MASK, text)
 
 
 def _base64_cores(data: bytes) -> list[str]:

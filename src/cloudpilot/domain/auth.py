@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
+
+# Every cloudpilot token looks like this (``cp_<hex id>_<url-safe secret>``, minted in cloudpilot.store.tokens),
+# so text leaving the process can be scrubbed of tokens it was never told about.
+TOKEN_PATTERN = re.compile(r"cp_[0-9a-fA-F]+_[A-Za-z0-9_\-]+")
 
 
 class Role(StrEnum):

@@ -21,8 +21,14 @@ from cloudpilot.services.container import Services
 log = logging.getLogger("cloudpilot.server")
 
 
-async def _every(interval: float, name: str, tick, services: Services) -> None:  # type: ignore[no-untyped-def]
-    """Run ``tick(now)`` forever; a failing tick is logged with its traceback and retried next interval."""
+MIN_WAKE_SECONDS = 1.0  # a woken loop still runs at most once a second
+
+
+async def _every(  # type: ignore[no-untyped-def]
+    interval: float, name: str, tick, services: Services, wake: asyncio.Event | None = None
+) -> None:
+    """Run ``tick(now)`` every ``interval``, or sooner when ``wake`` is set; a failing tick is logged with its
+    traceback and retried at the next turn."""
     while True:
         try:
             result = await run_in_threadpool(tick, services.clock.now())
@@ -30,7 +36,13 @@ async def _every(interval: float, name: str, tick, services: Services) -> None: 
                 log.info("%s: %d handled", name, len(result))
         except Exception:
             log.exception("%s failed; retrying in %.0f s", name, interval)
-        await asyncio.sleep(interval)
+        if wake is None:
+            await asyncio.sleep(interval)
+            continue
+        await asyncio.sleep(min(MIN_WAKE_SECONDS, interval))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), timeout=max(0.0, interval - MIN_WAKE_SECONDS))
+        wake.clear()
 
 
 def create_app(services: Services, run_loops: bool = True) -> FastAPI:
@@ -45,9 +57,14 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
             reaper = services.reaper
             loops.append(asyncio.create_task(_every(reaper.interval, "lease reaper", reaper.tick, services)))
             if services.config.clouds:
-                # One loop, monitor then provisioner, so they never act on the same VM at once.
+                # One loop, monitor then provisioner, so they never act on the same VM at once; new work wakes
+                # it, so a job waiting with no VM up does not wait for the next interval too.
                 interval = services.config.provisioner.interval_seconds
-                loops.append(asyncio.create_task(_every(interval, "provisioning cycle", services.provision, services)))
+                wake = asyncio.Event()
+                loop = asyncio.get_running_loop()
+                services.work_listeners.append(lambda: loop.call_soon_threadsafe(wake.set))
+                cycle = _every(interval, "provisioning cycle", services.provision, services, wake)
+                loops.append(asyncio.create_task(cycle))
         try:
             yield
         finally:

@@ -3,12 +3,15 @@ pilots, the jobs run, and idle VMs are stopped and destroyed. Real server, real 
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
+import pytest
+
 from cloudpilot.clouds.local_procs import signal_all, vm_processes
 from cloudpilot.config import ServerConfig
-from cloudpilot.domain.auth import Role
+from cloudpilot.domain.auth import TOKEN_PATTERN, Role
 from tests.helpers.pilots import wait_final, wait_for
 from tests.helpers.server import RunningServer, ServerFactory
 
@@ -44,7 +47,8 @@ def submit(server: RunningServer, n: int, seconds: float = 0.5) -> tuple[object,
     return user, user.post("/api/v1/jobs", json=body).json()["ids"]
 
 
-def test_jobs_boot_vms_which_run_them_and_go_away(make_server: ServerFactory) -> None:
+def test_jobs_boot_vms_which_run_them_and_go_away(make_server: ServerFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="cloudpilot")
     server = make_server(config(**{"local-a": local(2, cores=2, boot_seconds=0.5), "local-b": local(1)}))
     user, ids = submit(server, 12)
     jobs = wait_final(user, ids, timeout=120)  # type: ignore[arg-type]
@@ -60,6 +64,11 @@ def test_jobs_boot_vms_which_run_them_and_go_away(make_server: ServerFactory) ->
     assert any((vm["shutdown_message"] or "").startswith(("200", "stopped")) for vm in final)
     for name in ("local-a", "local-b"):
         assert server.services.provisioner.drivers[name].list() == []  # nothing left running
+    # The VM tokens were written into the VMs only: not in the server's log, not on the VMs' consoles.
+    consoles = list((server.services.data_dir / "clouds").rglob("*.log"))
+    assert consoles and caplog.records
+    for text in [p.read_text(errors="replace") for p in consoles] + [r.getMessage() for r in caplog.records]:
+        assert not TOKEN_PATTERN.search(text)
 
 
 def test_boot_failures_back_off_a_cloud_and_the_other_does_the_work(make_server: ServerFactory) -> None:

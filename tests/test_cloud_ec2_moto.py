@@ -13,6 +13,7 @@ import threading
 import traceback
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape
@@ -29,6 +30,8 @@ from moto.server import ThreadedMotoServer  # noqa: E402
 from cloudpilot.clouds.base import TAG_MANAGED, TAG_VM_ID, InstanceState, LaunchRequest  # noqa: E402
 from cloudpilot.clouds.errors import CloudConfigError, CloudUnavailable  # noqa: E402
 from cloudpilot.clouds.libcloud_driver import LibcloudDriver  # noqa: E402
+from cloudpilot.context import PilotContext, build_user_data  # noqa: E402
+from tests.helpers.cloudinit import cloud_init_schema  # noqa: E402
 
 REGION = "us-east-1"
 TOKEN = "cp_abc_SECRET"
@@ -275,3 +278,18 @@ def test_cloud_error_echoing_the_request_is_redacted() -> None:
 def test_moto_compat_is_for_ec2_only() -> None:
     with pytest.raises(CloudConfigError, match="ec2_moto_compat"):
         LibcloudDriver("x", "openstack", {"key": "u", "secret": "p"}, {}, {}, {}, ec2_moto_compat=True)
+
+
+def test_our_user_data_reaches_the_instance_and_is_valid_cloud_config(
+    moto_port: int, ec2: Any, ami: str, tmp_path: Path
+) -> None:
+    context = PilotContext(
+        server_url="http://127.0.0.1:8080", vm_id="vm-ud", vo="lhcb", pilot_token="cp_0123abcd_SeCrEt-token", cores=1
+    )
+    user_data = build_user_data(context)
+    created = make_driver(moto_port, ami).create(request("vm-ud", user_data=user_data))
+    answer = ec2.describe_instance_attribute(InstanceId=created.instance_id, Attribute="userData")
+    read_back = base64.b64decode(answer["UserData"]["Value"]).decode()
+    assert read_back == user_data
+    result = cloud_init_schema(tmp_path, read_back)
+    assert result.returncode == 0, result.stdout + result.stderr

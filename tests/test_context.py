@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import email
 import os
-import shutil
-import subprocess
 import urllib.parse
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from cloudpilot.context import (
     parse_cloud_config,
     redact,
 )
+from tests.helpers.cloudinit import cloud_init_schema
 
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TOKEN = "cpt_pilot-0123456789abcdefTOKEN"
@@ -51,19 +50,6 @@ def typical(**changes: object) -> PilotContext:
     }
     values.update(changes)
     return PilotContext(**values)  # type: ignore[arg-type]
-
-
-def cloud_init_schema(tmp_path: Path, config: str) -> subprocess.CompletedProcess[str]:
-    """``cloud-init schema --config-file`` on ``config``; skipped without cloud-init, except on CI."""
-    if shutil.which("cloud-init") is None:
-        if ON_CI:
-            pytest.fail("cloud-init is not installed (.ci/run installs it), and on CI the schema tests must run")
-        pytest.skip("cloud-init is not installed (apt-get install cloud-init)")
-    path = tmp_path / "user-data.yaml"
-    path.write_text(config)
-    return subprocess.run(
-        ["cloud-init", "schema", "--config-file", str(path)], capture_output=True, text=True, timeout=60
-    )
 
 
 def files_of(config: dict) -> dict[str, dict]:

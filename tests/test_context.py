@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import email
-import os
 import urllib.parse
 from pathlib import Path
 
@@ -28,7 +27,6 @@ from cloudpilot.context import (
 )
 from tests.helpers.cloudinit import cloud_init_schema
 
-ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 TOKEN = "cpt_pilot-0123456789abcdefTOKEN"
 
 

@@ -168,3 +168,11 @@ def test_idle_vm_is_stopped_then_destroyed(loops: Loops) -> None:
     assert loops.vms.get(vm.id).state is VMState.HALTED
     loops.monitor.tick(T0 + 57)
     assert loops.vms.get(vm.id).state is VMState.DESTROYED and loops.cloud.destroyed == [vm.instance_id]
+
+
+def test_a_cloud_serves_only_the_vos_it_has_an_image_for() -> None:
+    settings = CONFIG.clouds["fake"].model_copy(update={"images": {"atlas": "img-a"}})
+    assert settings.served_vos() == frozenset({"atlas"})
+    assert settings.model_copy(update={"images": {"atlas": "a", "*": "b"}}).served_vos() is None
+    both = settings.model_copy(update={"images": {"atlas": "a", "lhcb": "b"}, "vos": ["lhcb"]})
+    assert both.served_vos() == frozenset({"lhcb"})

@@ -34,6 +34,15 @@ class _CloudCommon(_Section):
     boot_timeout_seconds: float = Field(600.0, gt=0, description="A VM whose pilot has not registered by then fails.")
     max_lifetime_seconds: float = Field(172_800.0, gt=0, description="A VM is drained, then destroyed, after this.")
 
+    def served_vos(self) -> frozenset[str] | None:
+        """VOs this cloud can start VMs for: those listed in ``vos``, and only those with an image when
+        ``images`` names VOs without a ``"*"`` default. ``None``: every VO."""
+        allowed = None if self.vos is None else frozenset(self.vos)
+        if self.images and "*" not in self.images:
+            with_image = frozenset(self.images)
+            allowed = with_image if allowed is None else allowed & with_image
+        return allowed
+
     def flavor_list(self) -> tuple[Flavor, ...]:
         return tuple(Flavor(name, f.cores, f.memory_mb) for name, f in self.flavors.items())
 

@@ -105,7 +105,7 @@ class Provisioner:
         return CloudView(
             name=name,
             flavors=c.flavor_list(),
-            vos=None if c.vos is None else frozenset(c.vos),
+            vos=c.served_vos(),
             max_vms=c.max_vms,
             max_cores=c.max_cores,
             max_memory_mb=c.max_memory_mb,

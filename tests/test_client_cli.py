@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import io
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -463,13 +464,31 @@ open(f"mc-{n}.out", "w").write(f"{hits} 20000\\n")
 @pytest.mark.skipif(not _pilot_installed(), reason="the pilot (cloudpilot.pilot) is not there yet")
 @pytest.mark.timeout(150)
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    args = [sys.executable, "-m", "cloudpilot.cli.main", "demo", "--jobs", "20", "--pilots", "2", "--timeout", "110"]
+    """VMs of two local clouds boot for the jobs, run them and are destroyed; the plot is a PNG."""
+    args = [sys.executable, "-m", "cloudpilot.cli.main", "demo", "--jobs", "20", "--timeout", "110"]
     if example_dir() is None:
         write(tmp_path / "mc.py", MC_STAND_IN)
         job = {"name": "mc-{n}", "executable": "python3", "arguments": ["mc.py", "{n}"], "input_files": ["mc.py"]}
         job["output_files"] = ["*.out"]
         write(tmp_path / "job.yaml", json.dumps({"job": job, "parameter_count": 1}))
         args += ["--job-file", str(tmp_path / "job.yaml")]
-    result = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    env = {**os.environ, "TMPDIR": str(tmp_path), "COLUMNS": "200"}  # the demo's directory lands in tmp_path
+    result = subprocess.run(args, capture_output=True, text=True, timeout=140, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "jobs done" in result.stdout
+    assert "jobs done" in result.stdout and "20 of 20" in result.stdout
+    assert "VMs on local-a" in result.stdout and "VMs on local-b" in result.stdout
+    assert "every VM destroyed" in result.stdout
+    (plot_line,) = [line for line in result.stdout.splitlines() if line.startswith("plot: ")]
+    plot = Path(plot_line.removeprefix("plot: ").strip())
+    assert plot.is_relative_to(tmp_path) and plot.suffix == ".png"
+    assert plot.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+    assert [p.name for p in plot.parent.iterdir()] == [plot.name]  # the rest of the demo's directory is removed
+    leftovers = [p for p in Path("/proc").glob("[0-9]*") if str(tmp_path) in _cmdline(p)]
+    assert leftovers == [], "a VM process of the demo outlived it"
+
+
+def _cmdline(proc_dir: Path) -> str:
+    try:
+        return (proc_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -49,6 +49,10 @@ class RunningServer:
             c.close()
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        # VMs outlive their server on a real cloud; a test's local VMs must not outlive the test.
+        for driver in self.services.provisioner.drivers.values():
+            for instance in driver.list():
+                driver.destroy(instance.instance_id)
         self.services.close()
 
 

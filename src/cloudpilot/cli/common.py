@@ -26,6 +26,13 @@ STATE_STYLES = {
     "done": "green",
     "failed": "red",
     "killed": "magenta",
+    # VM states ("running" and "failed" are shared with jobs)
+    "requested": "yellow",
+    "booting": "blue",
+    "draining": "yellow",
+    "halted": "dim",
+    "destroyed": "dim",
+    "lost": "red",
 }
 
 
@@ -61,6 +68,15 @@ def when(timestamp: float | None) -> str:
     if timestamp is None:
         return ""
     return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def short_when(timestamp: float | None, now: float | None = None) -> str:
+    """A UNIX time as local ``HH:MM:SS`` if it is today, else ``mm-dd HH:MM`` (empty for none)."""
+    if timestamp is None:
+        return ""
+    moment = datetime.datetime.fromtimestamp(timestamp)
+    today = datetime.datetime.fromtimestamp(now).date() if now is not None else datetime.date.today()
+    return moment.strftime("%H:%M:%S" if moment.date() == today else "%m-%d %H:%M")
 
 
 def text(value: object) -> str:

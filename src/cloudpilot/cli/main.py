@@ -1,4 +1,4 @@
-"""The ``cloudpilot`` command: server, tokens, client commands, pilot and demo."""
+"""The ``cloudpilot`` command: server, tokens, client commands (jobs, clouds, VMs), pilot and demo."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from cloudpilot.cli import demo as demo_cmds
 from cloudpilot.cli import jobs as job_cmds
 from cloudpilot.cli import pilot as pilot_cmds
 from cloudpilot.cli import server as server_cmds
+from cloudpilot.cli import vms as vm_cmds
 
 app = typer.Typer(
     help="cloudpilot: batch workloads on clouds without a batch system.",
@@ -17,6 +18,8 @@ app = typer.Typer(
 )
 token_app = typer.Typer(help="Manage tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
+vm_app = typer.Typer(help="Show or stop one VM (admin token).", no_args_is_help=True)
+app.add_typer(vm_app, name="vm")
 
 app.command("server")(server_cmds.server)
 token_app.command("create")(server_cmds.token_create)
@@ -27,6 +30,10 @@ app.command("job")(job_cmds.job)
 app.command("kill")(job_cmds.kill)
 app.command("output")(job_cmds.output)
 app.command("wait")(job_cmds.wait)
+app.command("clouds")(vm_cmds.clouds)
+app.command("vms")(vm_cmds.vms)
+vm_app.command("show")(vm_cmds.vm_show)
+vm_app.command("stop")(vm_cmds.vm_stop)
 app.command("pilot", context_settings=pilot_cmds.CONTEXT_SETTINGS, add_help_option=False)(pilot_cmds.pilot)
 app.command("demo")(demo_cmds.demo)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+from urllib.parse import quote
 
 import httpx
 
@@ -16,6 +17,7 @@ from cloudpilot.client.errors import ClientError, ServerUnavailable, WaitTimedOu
 from cloudpilot.client.jobfile import check_input_files, plan_submission
 from cloudpilot.client.sandbox import extract_safely, packed
 from cloudpilot.domain.jobs import FINAL_STATES, JobState
+from cloudpilot.domain.vms import VMState
 
 API = "/api/v1"
 PAGE_SIZE = 1000
@@ -201,12 +203,36 @@ class CloudpilotClient:
                 counts[final[job_id]] += 1
         return counts
 
+    # -- clouds and VMs -------------------------------------------------------------------------------------
+
+    def clouds(self) -> list[dict[str, Any]]:
+        """The configured clouds: name, driver, flavors, max_vms, price_per_core_hour, site and VMs per state."""
+        return list(self._request("GET", "/clouds").json()["clouds"])
+
+    def vms(self, state: VMState | str | None = None) -> list[dict[str, Any]]:
+        """Every VM (admin only), oldest first; only those in ``state`` when given."""
+        params = {} if state is None else {"state": str(state)}
+        return list(self._request("GET", "/vms", params=params).json()["vms"])
+
+    def vm(self, vm_id: str) -> dict[str, Any]:
+        """One VM with its ``history`` of transitions (admin only)."""
+        return self._request("GET", f"/vms/{_segment(vm_id)}").json()
+
+    def stop_vm(self, vm_id: str) -> dict[str, Any]:
+        """Stop a VM (admin only): it is halted now and destroyed by the VM monitor's next cycle."""
+        return self._request("POST", f"/vms/{_segment(vm_id)}/stop").json()
+
     # -- tokens ---------------------------------------------------------------------------------------------
 
     def create_token(self, role: str, name: str, vo: str | None = None, site: str | None = None) -> str:
         """Issue a token (admin only); return the secret, which the server shows only this once."""
         body = {"role": str(role), "name": name, "vo": vo, "site": site}
         return self._request("POST", "/tokens", json={k: v for k, v in body.items() if v is not None}).json()["token"]
+
+
+def _segment(value: str) -> str:
+    """``value`` as one path segment: a ``/`` or ``?`` in an id cannot reach another endpoint."""
+    return quote(str(value), safe="")
 
 
 def _raise_for_error(response: httpx.Response) -> None:

@@ -40,5 +40,6 @@ class VMActivity:
         values = {"shutdown_code": code, "shutdown_message": message[:1000]}
         if vm.state in (VMState.RUNNING, VMState.DRAINING, VMState.BOOTING):
             self.vms.move(vm_id, VMState.HALTED, now, f"pilot halted: {message[:200]}", **values)
-        else:
+        elif vm.shutdown_message is None:
             self.vms.update(vm_id, now, **values)
+        # Otherwise the VM was stopped first (by an admin, the provisioner, its lifetime): that reason stays.

@@ -1,0 +1,159 @@
+"""``cloudpilot clouds|vms|vm show|vm stop``: the configured clouds and the VMs the provisioner started there."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from cloudpilot.cli.common import JsonOption, TokenOption, UrlOption, connect, short_when, styled_state, text, when
+from cloudpilot.domain.vms import VMState
+
+VM_STATE_ORDER = [s.value for s in VMState]
+
+
+def clouds(as_json: bool = JsonOption, url: str | None = UrlOption, token: str | None = TokenOption) -> None:
+    """List the configured clouds with their flavors, quotas, prices and VMs per state."""
+    with connect(url, token) as client:
+        found = client.clouds()
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    Console().print(clouds_table(found))
+
+
+def clouds_table(found: list[dict[str, Any]], title: str | None = None) -> Table:
+    """The table ``cloudpilot clouds`` prints (the demo shows it too)."""
+    table = Table("name", "driver", "flavors", "max VMs", "price", "VMs", title=title or f"{len(found)} clouds")
+    for cloud in found:
+        flavors = ", ".join(
+            f"{escape(name)} ({f['cores']} cores, {f['memory_mb']} MB)" for name, f in cloud["flavors"].items()
+        )
+        price = cloud["price_per_core_hour"]
+        table.add_row(
+            escape(cloud["name"]),
+            escape(cloud["driver"]),
+            flavors,
+            str(cloud["max_vms"]),
+            f"{price:g} per core-hour" if price else "free",
+            vm_counts(cloud["vms"]) or "none",
+        )
+    return table
+
+
+def vm_counts(counts: dict[str, int]) -> str:
+    """``2 running, 1 booting``: the non-zero counts in the order of the VM life cycle."""
+    ordered = sorted(counts, key=lambda s: VM_STATE_ORDER.index(s) if s in VM_STATE_ORDER else len(VM_STATE_ORDER))
+    return ", ".join(f"{counts[s]} {styled_state(s)}" for s in ordered if counts[s])
+
+
+def vms(
+    state: VMState | None = typer.Option(None, "--state", help="Only VMs in this state."),
+    as_json: bool = JsonOption,
+    url: str | None = UrlOption,
+    token: str | None = TokenOption,
+) -> None:
+    """List the VMs, oldest first (admin token)."""
+    with connect(url, token) as client:
+        found = client.vms(state)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    Console().print(vms_table(found))
+
+
+def vms_table(found: list[dict[str, Any]], title: str | None = None) -> Table:
+    """The table ``cloudpilot vms`` prints (the demo shows it too when VMs are left)."""
+    now = time.time()
+    table = Table(
+        "id", "cloud", "vo", "flavor", "state", "cores", "jobs run", "created", "terminated", "why it ended",
+        title=title or f"{len(found)} VMs",
+    )  # fmt: skip
+    for vm in found:
+        table.add_row(
+            escape(vm["id"]),
+            escape(vm["cloud"]),
+            escape(vm["vo"]),
+            escape(vm["flavor"]),
+            styled_state(vm["state"]),
+            str(vm["cores"]),
+            str(vm["jobs_run"]),
+            short_when(vm["created_at"], now),
+            short_when(vm["terminated_at"], now),
+            end_reason(vm),
+        )
+    return table
+
+
+def end_reason(vm: dict[str, Any]) -> str:
+    """The pilot's shutdown code and message, and the failure reason in red, as rich markup."""
+    parts = []
+    code, message = vm.get("shutdown_code"), text(vm.get("shutdown_message"))
+    shutdown = message if code is None or message.startswith(str(code)) else f"{code} {message}".strip()
+    if shutdown:
+        parts.append(escape(shutdown))
+    if vm.get("failure_reason"):
+        parts.append(f"[red]{escape(vm['failure_reason'])}[/red]")
+    return "; ".join(parts)
+
+
+def vm_show(
+    vm_id: str = typer.Argument(..., metavar="ID", help="The VM's id (vm-...)."),
+    as_json: bool = JsonOption,
+    url: str | None = UrlOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Show one VM and its history (admin token)."""
+    with connect(url, token) as client:
+        found = client.vm(vm_id)
+    if as_json:
+        typer.echo(json.dumps(found, indent=2))
+        return
+    rows = [
+        ("id", escape(found["id"])),
+        ("cloud", escape(found["cloud"])),
+        ("instance", escape(text(found["instance_id"]))),
+        ("vo", escape(found["vo"])),
+        ("flavor", escape(f"{found['flavor']} ({found['cores']} cores, {found['memory_mb']} MB)")),
+        ("state", styled_state(found["state"])),
+        ("jobs run", str(found["jobs_run"])),
+        ("created", when(found["created_at"])),
+        ("booted", when(found["booted_at"])),
+        ("last seen", when(found["last_seen_at"])),
+        ("idle since", when(found["idle_since"])),
+        ("expires", when(found["expires_at"])),
+        ("terminated", when(found["terminated_at"])),
+        ("why it ended", end_reason(found)),
+    ]
+    details = Table(show_header=False, box=None)
+    details.add_column(style="bold")
+    details.add_column()
+    for key, value in rows:
+        details.add_row(key, value)
+    history = Table("at", "from", "to", "reason", title="history")
+    for event in found.get("history", []):
+        history.add_row(
+            when(event["at"]),
+            styled_state(text(event["from_state"])),
+            styled_state(event["to_state"]),
+            escape(text(event["reason"])),
+        )
+    console = Console()
+    console.print(details)
+    console.print(history)
+
+
+def vm_stop(
+    vm_id: str = typer.Argument(..., metavar="ID", help="The VM's id (vm-...)."),
+    url: str | None = UrlOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Stop a VM now (admin token): it is halted, and destroyed by the VM monitor's next cycle."""
+    with connect(url, token) as client:
+        stopped = client.stop_vm(vm_id)
+    typer.echo(f"VM {stopped['id']} is {stopped['state']}")

@@ -13,8 +13,10 @@ from cloudpilot.config import ServerConfig
 from cloudpilot.context import parse_cloud_config
 from cloudpilot.domain.auth import Role
 from cloudpilot.domain.jobs import JobSpec, JobState
+from cloudpilot.domain.provisioning import DrainVM
 from cloudpilot.domain.vms import Flavor, VMState
 from cloudpilot.services.provisioner import Provisioner
+from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.services.vm_monitor import VMMonitor
 from cloudpilot.store.database import Database
 from cloudpilot.store.jobs import JobRepository
@@ -176,3 +178,20 @@ def test_a_cloud_serves_only_the_vos_it_has_an_image_for() -> None:
     assert settings.model_copy(update={"images": {"atlas": "a", "*": "b"}}).served_vos() is None
     both = settings.model_copy(update={"images": {"atlas": "a", "lhcb": "b"}, "vos": ["lhcb"]})
     assert both.served_vos() == frozenset({"lhcb"})
+
+
+def test_a_draining_vm_takes_no_new_work_and_halts_when_its_job_ends(loops: Loops) -> None:
+    (job_id, _) = loops.submit(2)
+    loops.provisioner.tick(T0)
+    vm = loops.vms.list()[0]
+    pilot_id = _boot(loops, vm.id, T0 + 5)
+    tq = loops.jobs.waiting_task_queues()[0]
+    assert loops.jobs.claim(tq.id, pilot_id, T0 + 6, lease_seconds=3600) is not None
+    loops.provisioner.apply([DrainVM(vm.id, "another VO needs its pledge")], T0 + 7)
+    assert not VMActivity(loops.vms).may_take_work(vm.id)
+    loops.monitor.tick(T0 + 8)
+    assert loops.vms.get(vm.id).state is VMState.DRAINING  # its job still runs
+    loops.jobs.report(job_id, 1, JobState.RUNNING, T0 + 9)
+    loops.jobs.report(job_id, 1, JobState.DONE, T0 + 10, exit_code=0)
+    loops.monitor.tick(T0 + 11)
+    assert [h[2] for h in loops.vms.history(vm.id)][-3:] == ["draining", "halted", "destroyed"]

@@ -95,9 +95,11 @@ class PilotService:
     def match(self, principal: Principal, pilot_id: str, offer: Offer, now: float) -> Job | None:
         require(principal, Role.PILOT)
         self._check_owner(principal, pilot_id, field="pilot_id")
-        job = self.matcher.match(pilot_id, offer, principal.vo, now)
-        if principal.vm_id is not None and self.vm_activity is not None:
-            self.vm_activity.seen(principal.vm_id, now, matched=job is not None)
+        activity, vm_id = self.vm_activity, principal.vm_id
+        if activity is None or vm_id is None:
+            return self.matcher.match(pilot_id, offer, principal.vo, now)
+        job = self.matcher.match(pilot_id, offer, principal.vo, now) if activity.may_take_work(vm_id) else None
+        activity.seen(vm_id, now, matched=job is not None)
         return job
 
     def input_sandbox(self, principal: Principal, job_id: int, lease_token: int) -> str:

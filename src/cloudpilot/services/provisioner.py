@@ -60,12 +60,18 @@ class Provisioner:
         if not self.drivers:
             return []
         actions = decide(self.snapshot(now), self.config.policy, now)
+        self.apply(actions, now)
+        return actions
+
+    def apply(self, actions: list[Action], now: float) -> None:
+        """Carry out the policy's actions (also used by site control and tests)."""
         for action in actions:
             if isinstance(action, StartVMs):
                 self._start(action, now)
-            elif isinstance(action, StopVM | DrainVM):
+            elif isinstance(action, StopVM):
                 self._stop(action.vm_id, action.reason, now)
-        return actions
+            elif isinstance(action, DrainVM):
+                self._drain(action.vm_id, action.reason, now)
 
     # --- reading ----------------------------------------------------------------------------------------
 
@@ -181,6 +187,13 @@ class Provisioner:
             )
             log.info("VM %s (%s) booting on %s for %s", vm_id, action.flavor, action.cloud, action.vo)
         self.on_change()
+
+    def _drain(self, vm_id: str, reason: str, now: float) -> None:
+        """No new work for the VM; the VM monitor halts it once its jobs are done."""
+        vm = self.vms.get(vm_id)
+        if VMState.DRAINING in VM_TRANSITIONS[vm.state]:
+            self.vms.move(vm_id, VMState.DRAINING, now, f"draining: {reason}")
+            log.info("VM %s draining: %s", vm_id, reason)
 
     def _stop(self, vm_id: str, reason: str, now: float) -> None:
         vm = self.vms.get(vm_id)

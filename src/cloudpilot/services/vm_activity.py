@@ -29,6 +29,13 @@ class VMActivity:
         else:
             self.vms.update(vm_id, now, last_seen_at=now)
 
+    def may_take_work(self, vm_id: str) -> bool:
+        """A draining VM (or one being stopped) gets no new job; its pilot idles out and powers off."""
+        try:
+            return self.vms.get(vm_id).state in (VMState.BOOTING, VMState.RUNNING)
+        except NotFound:
+            return False
+
     def seen(self, vm_id: str, now: float, matched: bool) -> None:
         if matched:
             self.vms.increment_jobs(vm_id, now)

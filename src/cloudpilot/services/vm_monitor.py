@@ -74,6 +74,9 @@ class VMMonitor:
         if vm.expires_at is not None and now >= vm.expires_at:
             self.vms.move(vm.id, VMState.HALTED, now, "maximum lifetime reached", shutdown_message="lifetime reached")
             return [f"{vm.id} halted: maximum lifetime"]
+        if vm.state is VMState.DRAINING and busy_cores == 0:
+            self.vms.move(vm.id, VMState.HALTED, now, "drained: its last job ended", shutdown_message="drained")
+            return [f"{vm.id} halted: drained"]
         if busy_cores == 0 and vm.idle_since is None:
             self.vms.update(vm.id, now, idle_since=now)
         return []

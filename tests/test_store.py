@@ -167,3 +167,11 @@ def test_a_vm_token_carries_its_vm(db: Database) -> None:
     assert tokens.authenticate(issued.token, NOW + 61) is None  # expires with the VM's lifetime
     assert tokens.revoke_for_vm("vm-1", NOW) == 1
     assert tokens.revoke_for_vm("vm-1", NOW) == 0
+
+
+def test_waiting_counts_per_task_queue_exact_or_capped(db: Database) -> None:
+    repo = JobRepository(db)
+    repo.submit("lhcb", "alice", [spec()] * 7 + [spec(requirements={"cores": 2})] * 3, NOW, WALL)
+    exact = sorted(n for _, n in repo.waiting_per_task_queue())
+    assert exact == [3, 7]
+    assert sorted(n for _, n in repo.waiting_per_task_queue(cap=5)) == [3, 5]

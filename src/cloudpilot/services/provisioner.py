@@ -87,7 +87,7 @@ class Provisioner:
                 sites_deny=tq.sites_deny,
                 waiting=n,
             )
-            for tq, n in self.jobs.waiting_per_task_queue()
+            for tq, n in self.jobs.waiting_per_task_queue(cap=self._placeable_jobs())
         )
         live = self.vms.list(states={s for s in VMState if not s.is_final})
         busy = self.jobs.active_cores_by_vm()
@@ -102,6 +102,12 @@ class Provisioner:
         return ProvisioningSnapshot(
             work=work, clouds=clouds, vo_shares=self.config.vo_shares(), default_share=self.config.default_vo_share
         )
+
+    def _placeable_jobs(self) -> int:
+        """More jobs of one class than the clouds could ever hold at once (free slots of every VM, plus new
+        VMs): counting waiting jobs beyond this cannot change a decision."""
+        cores = sum(c.max_vms * max(f.cores for f in c.flavors.values()) for _, c in self._configured())
+        return 2 * cores + 1
 
     def _configured(self) -> list[tuple[str, CloudSettings]]:
         return [(name, settings) for name, settings in self.config.clouds.items() if name in self.drivers]

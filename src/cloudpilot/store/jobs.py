@@ -410,17 +410,33 @@ class JobRepository:
 
     # --- the provisioner's view -------------------------------------------------------------------------
 
-    def waiting_per_task_queue(self) -> list[tuple[TaskQueue, int]]:
-        """Every task queue with waiting jobs, and how many."""
-        counts = (
-            select(jobs.c.tq_id, func.count().label("n"))
-            .where(jobs.c.state == JobState.WAITING.value)
-            .group_by(jobs.c.tq_id)
+    def waiting_per_task_queue(self, cap: int | None = None) -> list[tuple[TaskQueue, int]]:
+        """Every task queue with waiting jobs, and how many — counted up to ``cap`` only, if given: a caller
+        that can place at most ``cap`` jobs of a class need not count a million (one index walk per class)."""
+        if cap is None:
+            counts = (
+                select(jobs.c.tq_id, func.count().label("n"))
+                .where(jobs.c.state == JobState.WAITING.value)
+                .group_by(jobs.c.tq_id)
+                .subquery()
+            )
+            stmt = select(task_queues, counts.c.n).join(counts, counts.c.tq_id == task_queues.c.id)
+            with self.db.read() as conn:
+                return [(task_queue_from_row(r), int(r["n"])) for r in conn.execute(stmt).mappings()]
+        some = (
+            select(literal(1))
+            .where(jobs.c.tq_id == bindparam("tq"), jobs.c.state == JobState.WAITING.value)
+            .limit(bindparam("cap"))
             .subquery()
         )
-        stmt = select(task_queues, counts.c.n).join(counts, counts.c.tq_id == task_queues.c.id)
+        count = select(func.count()).select_from(some)
+        found = []
         with self.db.read() as conn:
-            return [(task_queue_from_row(r), int(r["n"])) for r in conn.execute(stmt).mappings()]
+            for tq in self.waiting_task_queues():
+                n = int(conn.execute(count, {"tq": tq.id, "cap": cap}).scalar_one())
+                if n:
+                    found.append((tq, n))
+        return found
 
     def active_cores_by_vm(self) -> dict[str, int]:
         """Cores held by matched or running jobs, per VM (through the pilots running in it)."""

@@ -6,10 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cloudpilot.clouds.factory import build_drivers
 from cloudpilot.config import ServerConfig
 from cloudpilot.services.auth import Authenticator
 from cloudpilot.services.clock import Clock, SystemClock
+from cloudpilot.services.cloud_drivers import build_drivers
 from cloudpilot.services.jobs import JobService
 from cloudpilot.services.matcher import MatchService
 from cloudpilot.services.pilots import PilotService

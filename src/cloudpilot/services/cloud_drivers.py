@@ -1,4 +1,4 @@
-"""Build each configured cloud's driver."""
+"""Build each configured cloud's driver (wiring: configuration in, drivers out)."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 from collections.abc import Iterator
 from typing import NoReturn
 
@@ -34,6 +35,13 @@ STATE_STYLES = {
     "destroyed": "dim",
     "lost": "red",
 }
+
+
+def emitted_json(data: object, as_json: bool) -> bool:
+    """With ``--json``, print ``data`` as indented JSON (the one JSON form of every command) and say so."""
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+    return as_json
 
 
 def fail(message: str, code: int = 1) -> NoReturn:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cloudpilot.cli.common import JsonOption, TokenOption, UrlOption, connect, fail, styled_state, text, when
+from cloudpilot.cli.common import (
+    JsonOption,
+    TokenOption,
+    UrlOption,
+    connect,
+    emitted_json,
+    fail,
+    styled_state,
+    text,
+    when,
+)
 from cloudpilot.client import WaitTimedOut, load_job_file
 from cloudpilot.domain.jobs import JobState
 
@@ -45,8 +54,7 @@ def jobs(
     """List your jobs, oldest first."""
     with connect(url, token) as client:
         found = client.jobs(state)
-    if as_json:
-        typer.echo(json.dumps(found, indent=2))
+    if emitted_json(found, as_json):
         return
     table = Table("id", "name", "state", "attempts", "exit code", "failure reason", title=f"{len(found)} jobs")
     for job in found:
@@ -70,8 +78,7 @@ def job(
     """Show one job: its description, where it is, and its history."""
     with connect(url, token) as client:
         found = client.job(job_id)
-    if as_json:
-        typer.echo(json.dumps(found, indent=2))
+    if emitted_json(found, as_json):
         return
     console = Console()
     console.print(_details(found))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -11,7 +10,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from cloudpilot.cli.common import JsonOption, TokenOption, UrlOption, connect, short_when, styled_state, text, when
+from cloudpilot.cli.common import (
+    JsonOption,
+    TokenOption,
+    UrlOption,
+    connect,
+    emitted_json,
+    short_when,
+    styled_state,
+    text,
+    when,
+)
 from cloudpilot.domain.vms import VMState
 
 VM_STATE_ORDER = [s.value for s in VMState]
@@ -21,8 +30,7 @@ def clouds(as_json: bool = JsonOption, url: str | None = UrlOption, token: str |
     """List the configured clouds with their flavors, quotas, prices and VMs per state."""
     with connect(url, token) as client:
         found = client.clouds()
-    if as_json:
-        typer.echo(json.dumps(found, indent=2))
+    if emitted_json(found, as_json):
         return
     Console().print(clouds_table(found))
 
@@ -61,8 +69,7 @@ def vms(
     """List the VMs, oldest first (admin token)."""
     with connect(url, token) as client:
         found = client.vms(state)
-    if as_json:
-        typer.echo(json.dumps(found, indent=2))
+    if emitted_json(found, as_json):
         return
     Console().print(vms_table(found))
 
@@ -111,8 +118,7 @@ def vm_show(
     """Show one VM and its history (admin token)."""
     with connect(url, token) as client:
         found = client.vm(vm_id)
-    if as_json:
-        typer.echo(json.dumps(found, indent=2))
+    if emitted_json(found, as_json):
         return
     rows = [
         ("id", escape(found["id"])),

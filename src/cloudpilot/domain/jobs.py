@@ -47,23 +47,11 @@ def check_transition(job_id: object, current: JobState | str, target: JobState |
         raise IllegalTransition("job", job_id, cur.value, tgt.value)
 
 
-def states_that_may_become(target: JobState) -> frozenset[JobState]:
-    """The states from which ``target`` is reachable in one step (used to guard SQL updates)."""
-    return frozenset(s for s, allowed in JOB_TRANSITIONS.items() if target in allowed)
-
-
 class SiteFilter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     allow: tuple[str, ...] = ()
     deny: tuple[str, ...] = ()
-
-    def admits(self, site: str | None) -> bool:
-        if site is not None and site in self.deny:
-            return False
-        if self.allow:
-            return site is not None and site in self.allow
-        return True
 
 
 class Requirements(BaseModel):

@@ -28,9 +28,6 @@ class Backoff:
         self._next = min(self._next * 2, self.cap)
         return delay
 
-    def reset(self) -> None:
-        self._next = self.first
-
 
 def with_retries(
     call: Callable[[], T],

@@ -148,9 +148,3 @@ def _files_under(path: Path) -> Iterator[Path]:
             yield from (Path(top) / f for f in sorted(files))
     else:
         yield path
-
-
-def archive_names(archive: Path) -> list[str]:
-    """The member names of a tar archive (for tests and logs)."""
-    with tarfile.open(archive, mode="r:*") as tar:
-        return tar.getnames()

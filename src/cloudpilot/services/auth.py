@@ -46,7 +46,7 @@ class Authenticator:
 
 def require(principal: Principal, *roles: Role) -> None:
     """Raise :class:`Forbidden` unless the principal has one of ``roles`` (admins pass everywhere)."""
-    if principal.role is Role.ADMIN or principal.role in roles:
+    if principal.is_admin or principal.role in roles:
         return
     allowed = " or ".join(r.value for r in roles)
     raise Forbidden(f"this call needs a {allowed} token; yours is a {principal.role.value} token")

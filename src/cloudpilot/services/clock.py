@@ -1,4 +1,4 @@
-"""Where ``now`` comes from: the wall clock in the server, a hand-moved one in tests."""
+"""Where ``now`` comes from. Services take ``now`` as an argument; only the server's loops and routes read a clock."""
 
 from __future__ import annotations
 
@@ -13,14 +13,3 @@ class Clock(Protocol):
 class SystemClock:
     def now(self) -> float:
         return time.time()
-
-
-class ManualClock:
-    def __init__(self, start: float = 1_700_000_000.0) -> None:
-        self._now = start
-
-    def now(self) -> float:
-        return self._now
-
-    def advance(self, seconds: float) -> None:
-        self._now += seconds

@@ -77,14 +77,14 @@ class JobService:
 
     @staticmethod
     def _scope(principal: Principal) -> tuple[str | None, str | None]:
-        if principal.role is Role.ADMIN:
+        if principal.is_admin:
             return None, None
         require(principal, Role.USER)
         return principal.vo, principal.name
 
     @staticmethod
     def _check_visible(principal: Principal, job: Job) -> None:
-        if principal.role is Role.ADMIN:
+        if principal.is_admin:
             return
         require(principal, Role.USER)
         if job.vo != principal.vo or job.owner != principal.name:

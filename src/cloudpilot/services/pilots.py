@@ -186,7 +186,7 @@ class PilotService:
             owner = self._owner_of(pilot_id)
         except NotFound as exc:
             raise BadInput(f"pilot {pilot_id} is not registered (POST /api/v1/pilots first)", field) from exc
-        if owner != principal.token_id and principal.role is not Role.ADMIN:
+        if owner != principal.token_id and not principal.is_admin:
             raise Forbidden(f"pilot {pilot_id} was registered with another token")
 
     def _held(self, principal: Principal, job_id: int, lease_token: int, allow_killed: bool = False) -> Job:

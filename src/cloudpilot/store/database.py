@@ -25,11 +25,6 @@ class Database:
         self._write_lock = threading.Lock()
         self.engine = _make_engine(url)
 
-    @classmethod
-    def in_data_dir(cls, data_dir: Path) -> Database:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        return cls(f"sqlite:///{data_dir / 'cloudpilot.db'}")
-
     @contextmanager
     def read(self) -> Iterator[Connection]:
         with self.engine.connect() as conn, conn.begin():

@@ -44,20 +44,9 @@ class PilotRepository:
             raise NotFound(f"pilot {pilot_id} is not registered")
         return PilotRecord(**row)
 
-    def list(self, vo: str | None = None, limit: int = 1000) -> list[PilotRecord]:
-        stmt = select(pilots).order_by(pilots.c.registered_at.desc()).limit(limit)
-        if vo is not None:
-            stmt = stmt.where(pilots.c.vo == vo)
-        with self.db.read() as conn:
-            return [PilotRecord(**r) for r in conn.execute(stmt).mappings()]
-
     def ids_in_vm(self, vm_id: str) -> list[str]:
         with self.db.read() as conn:
             return list(conn.execute(select(pilots.c.id).where(pilots.c.vm_id == vm_id)).scalars())
-
-    def seen(self, pilot_id: str, now: float) -> None:
-        with self.db.write() as conn:
-            conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(last_seen_at=now))
 
     def halt(self, pilot_id: str, code: int, message: str, now: float) -> None:
         with self.db.write() as conn:

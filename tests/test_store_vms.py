@@ -6,8 +6,10 @@ import pytest
 from sqlalchemy import inspect
 
 from cloudpilot.domain.errors import IllegalTransition
+from cloudpilot.domain.jobs import JobSpec
 from cloudpilot.domain.vms import VM, VMState
 from cloudpilot.store.database import Database
+from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.migrations import upgrade
 from cloudpilot.store.vms import VMRepository
 
@@ -47,14 +49,18 @@ def test_boot_failures_in_a_row_reset_by_a_boot(db: Database) -> None:
     assert repo.starts_since("c1", NOW + 2) == 2
 
 
-def test_migration_two_adds_vm_binding_to_an_old_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_migrations_upgrade_a_version_one_database(tmp_path) -> None:  # type: ignore[no-untyped-def]
     db = Database(f"sqlite:///{tmp_path / 'old.db'}")
     upgrade(db, target=1)
+    JobRepository(db).submit("lhcb", "alice", [JobSpec(executable="true")], NOW, 3600)
     with db.write() as conn:  # the shape version 1 really had
         conn.exec_driver_sql("ALTER TABLE tokens DROP COLUMN vm_id")
         conn.exec_driver_sql("ALTER TABLE pilots DROP COLUMN vm_id")
-    assert upgrade(db) == [2]
+        conn.exec_driver_sql("ALTER TABLE jobs DROP COLUMN events_done")
+    assert upgrade(db) == [2, 3]
     with db.read() as conn:
         assert "vm_id" in {c["name"] for c in inspect(conn).get_columns("tokens")}
-        assert inspect(conn).has_table("vms")
+        assert {"site", "shutdown_deadline"} <= {c["name"] for c in inspect(conn).get_columns("vms")}
+        assert inspect(conn).has_table("vm_usage")
+    assert JobRepository(db).get(1).events_done == 0
     db.dispose()

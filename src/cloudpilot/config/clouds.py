@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from cloudpilot.domain.vms import Flavor
 
@@ -19,6 +20,16 @@ class FlavorConfig(_Section):
     size: str | None = Field(None, description="The provider's size/flavor id (libcloud); default: the name.")
 
 
+class CapacityStep(_Section):
+    at: datetime = Field(description="From when (ISO 8601; a time without zone is UTC).")
+    max_vms: int = Field(ge=0, description="The cloud's max_vms from then on.")
+
+    @field_validator("at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
 class _CloudCommon(_Section):
     flavors: dict[str, FlavorConfig] = Field(min_length=1, description="VM sizes cloudpilot may start here.")
     max_vms: int = Field(10, ge=0, description="Most VMs at once (every VM not yet destroyed counts).")
@@ -27,12 +38,28 @@ class _CloudCommon(_Section):
     start_rate_per_minute: float = Field(10.0, ge=1, description="Most VMs started in any minute.")
     price_per_core_hour: float = Field(0.0, ge=0, description="Cost, for choosing the cheapest cloud first.")
     priority: int = Field(0, description="Higher first when policy.cloud_order is priority (and on price ties).")
-    site: str | None = Field(None, description="The site its VMs count as (jobs' sites allow/deny).")
+    site: str | None = Field(
+        None, description="The site its VMs count as (jobs' sites allow/deny, pledges, site admins); default: its name."
+    )
     tags: list[str] = Field([], description="Tags its pilots offer (platform, gpu, …).")
     vos: list[str] | None = Field(None, description="VOs it may run VMs for; unset: every VO.")
     images: dict[str, str] = Field({}, description="Image per VO ('*' for any other VO).")
     boot_timeout_seconds: float = Field(600.0, gt=0, description="A VM whose pilot has not registered by then fails.")
     max_lifetime_seconds: float = Field(172_800.0, gt=0, description="A VM is drained, then destroyed, after this.")
+    grace_secs: int = Field(600, ge=0, description="MJF grace_secs: notice a VM gets before a shutdown deadline.")
+    hs06_per_core: float = Field(10.0, gt=0, description="HEPSPEC06 of one core (MJF hs06, accounting, vacuum).")
+    mode: Literal["demand", "vacuum"] = Field(
+        "demand", description="demand: VMs for waiting jobs; vacuum: the site keeps it filled (Vac/Vcycle)."
+    )
+    target_shares: dict[str, float] | None = Field(
+        None, description="vacuum: target share per VO (weighted by HS06); default the VOs' shares."
+    )
+    fizzle_seconds: float = Field(600.0, ge=0, description="vacuum: a VM ending sooner without a code failed.")
+    backoff_seconds: float = Field(600.0, ge=0, description="vacuum: how long a VO whose VMs failed is paused.")
+    preemptible: bool = Field(False, description="Its VMs may vanish without warning (spot, volunteer, HLT).")
+    capacity_schedule: list[CapacityStep] = Field(
+        [], description="max_vms over time: the latest step whose time has come applies."
+    )
 
     def served_vos(self) -> frozenset[str] | None:
         """VOs this cloud can start VMs for: those listed in ``vos``, and only those with an image when
@@ -42,6 +69,14 @@ class _CloudCommon(_Section):
             with_image = frozenset(self.images)
             allowed = with_image if allowed is None else allowed & with_image
         return allowed
+
+    def max_vms_at(self, now: float) -> int:
+        """``max_vms`` as the capacity schedule sets it at ``now``."""
+        current = self.max_vms
+        for step in sorted(self.capacity_schedule, key=lambda s: s.at):
+            if step.at.timestamp() <= now:
+                current = step.max_vms
+        return current
 
     def flavor_list(self) -> tuple[Flavor, ...]:
         return tuple(Flavor(name, f.cores, f.memory_mb) for name, f in self.flavors.items())

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cloudpilot.config.clouds import CloudConfig, ProvisionerConfig
 from cloudpilot.domain.provisioning import ProvisioningKnobs
@@ -50,6 +50,26 @@ class StorageConfig(_Section):
     path: Path | None = Field(None, description="Where sandboxes are kept; default DATA_DIR/sandboxes.")
 
 
+class PledgeConfig(_Section):
+    cores: int = Field(ge=0, description="Cores pledged to the VO at the site (at once).")
+    core_hours: float | None = Field(None, ge=0, description="Core-hours the VO may use per period; unset: no cap.")
+    period_seconds: float = Field(30 * 86400.0, gt=0, description="The period core_hours counts over.")
+
+
+class SiteConfig(_Section):
+    pledges: dict[str, PledgeConfig] = Field(
+        default_factory=dict, description="Per VO: pledged cores (a number), or {cores, core_hours, period_seconds}."
+    )
+    disabled_vos: list[str] = Field([], description="VOs whose pilots get no job at this site.")
+
+    @field_validator("pledges", mode="before")
+    @classmethod
+    def _cores_shorthand(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {vo: {"cores": p} if isinstance(p, int | float) else p for vo, p in value.items()}
+        return value
+
+
 class ServerConfig(_Section):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default sqlite in the data directory. postgresql+psycopg://… for scale."
@@ -61,9 +81,24 @@ class ServerConfig(_Section):
     fair_share: FairShareConfig = FairShareConfig()
     jobs: JobsConfig = JobsConfig()
     storage: StorageConfig = StorageConfig()
+    sites: dict[str, SiteConfig] = Field(default_factory=dict, description="Sites: pledges, disabled VOs.")
     clouds: dict[str, CloudConfig] = Field(default_factory=dict, description="Clouds VMs are started on.")
     policy: ProvisioningKnobs = ProvisioningKnobs()
     provisioner: ProvisionerConfig = ProvisionerConfig()
+
+    @model_validator(mode="after")
+    def _cloud_sites(self) -> ServerConfig:
+        for name, cloud in self.clouds.items():
+            if cloud.site is None:
+                cloud.site = name  # a cloud alone is its own site
+        return self
+
+    def site_config(self, site: str) -> SiteConfig:
+        return self.sites.get(site) or SiteConfig()
+
+    def known_sites(self) -> list[str]:
+        """Sites of the configuration: those under ``sites`` and those of the clouds."""
+        return sorted(set(self.sites) | {c.site for c in self.clouds.values() if c.site})
 
     def database_url_for(self, data_dir: Path) -> str:
         return self.database_url or f"sqlite:///{data_dir.resolve() / 'cloudpilot.db'}"

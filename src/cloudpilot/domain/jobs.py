@@ -93,6 +93,9 @@ class JobSpec(BaseModel):
     requirements: Requirements = Requirements()
     priority: int = Field(0, ge=-1000, le=1000)
     max_attempts: int = Field(3, ge=1, le=100)
+    events: int | None = Field(
+        None, ge=1, le=10_000_000, description="Events the job processes; it checkpoints them (docs/site-control.md)."
+    )
 
     @field_validator("environment")
     @classmethod
@@ -178,6 +181,7 @@ class Job(BaseModel):
     max_rss_bytes: int | None = None
     progress: str | None = None
     kill_requested: bool = False
+    events_done: int = 0  # events reported finished: where the next attempt starts
 
     @property
     def lease_token(self) -> int:

@@ -16,6 +16,11 @@ class CloudOrder(StrEnum):
     PRIORITY = "priority"  # higher priority first, then cheapest
 
 
+class CloudMode(StrEnum):
+    DEMAND = "demand"  # VMs are started for waiting jobs
+    VACUUM = "vacuum"  # the site keeps the cloud filled, VO by target share (Vac/Vcycle)
+
+
 class ProvisioningKnobs(BaseModel):
     """Policy settings (``policy:`` in the server configuration; each documented in docs/provisioning.md)."""
 
@@ -54,6 +59,19 @@ class VMView:
     memory_mb: int
     free_cores: int  # cores its pilot has not filled (all of them while booting)
     idle_since: float | None  # since when it has run no job; None while it runs one
+    created_at: float = 0.0
+    jobs_run: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class VMEnd:
+    """How a recent VM of a cloud ended (vacuum back-off reads these)."""
+
+    vo: str
+    created_at: float
+    ended_at: float
+    shutdown_code: int | None
+    jobs_run: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +91,14 @@ class CloudView:
     boot_failures_in_row: int = 0
     last_boot_failure_at: float | None = None
     vms: tuple[VMView, ...] = ()
+    mode: CloudMode = CloudMode.DEMAND
+    preemptible: bool = False
+    hs06_per_core: float = 10.0
+    target_shares: dict[str, float] | None = None  # vacuum: per VO; None: the snapshot's VO shares
+    fizzle_seconds: float = 600.0
+    backoff_seconds: float = 600.0
+    recent_ends: tuple[VMEnd, ...] = ()  # VMs ended within the last few back-off periods, oldest first
+    shutdown_pending: bool = False  # a cloud- or site-wide shutdown is scheduled: start nothing
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +107,7 @@ class ProvisioningSnapshot:
     clouds: tuple[CloudView, ...]
     vo_shares: dict[str, float] = field(default_factory=dict)
     default_share: float = 1.0
+    pledges: dict[str, dict[str, int]] = field(default_factory=dict)  # site -> VO -> pledged cores
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,3 +78,8 @@ class VM:
     shutdown_message: str | None = None
     failure_reason: str | None = None
     terminated_at: float | None = None
+    site: str | None = None
+    image: str | None = None
+    hs06: float | None = None
+    shutdown_deadline: float | None = None  # a scheduled shutdown: the VM is gone by then
+    permission: str | None = None  # the site policy's last refusal, if any

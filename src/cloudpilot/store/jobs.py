@@ -36,7 +36,7 @@ from cloudpilot.store.database import Database
 from cloudpilot.store.errors import Conflict, NotFound
 from cloudpilot.store.fastpath import CompiledStatement
 from cloudpilot.store.rows import event_from_row, job_from_row, task_queue_from_row
-from cloudpilot.store.schema import job_events, jobs, pilots, task_queues, usage
+from cloudpilot.store.schema import event_chunks, job_events, job_usage, jobs, pilots, task_queues, usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -380,14 +380,22 @@ class JobRepository:
         expired = and_(jobs.c.state.in_([s.value for s in ACTIVE_STATES]), jobs.c.lease_expires_at < now)
         return self._release(expired, now, "lease expired", limit, half_life)
 
-    def release_pilots(self, pilot_ids: list[str], now: float, why: str, half_life: float = 86400.0) -> list[Requeued]:
-        """The pilots are gone (their VM was lost or destroyed): their jobs go back now, not at lease expiry."""
+    def release_pilots(
+        self, pilot_ids: list[str], now: float, why: str, half_life: float = 86400.0, *, spend_attempt: bool = True
+    ) -> list[Requeued]:
+        """The pilots are gone (their VM was lost or destroyed): their jobs go back now, not at lease expiry.
+
+        ``spend_attempt=False`` when the site took the VM away (a shutdown deadline, a preempted VM): the jobs
+        go back to ``waiting`` whatever their attempts, and ``max_attempts`` grows by one so the lost attempt
+        does not count against them."""
         if not pilot_ids:
             return []
         held = and_(jobs.c.state.in_([s.value for s in ACTIVE_STATES]), jobs.c.pilot_id.in_(pilot_ids))
-        return self._release(held, now, why, 100_000, half_life)
+        return self._release(held, now, why, 100_000, half_life, spend_attempt=spend_attempt)
 
-    def _release(self, where: Any, now: float, why: str, limit: int, half_life: float) -> list[Requeued]:
+    def _release(
+        self, where: Any, now: float, why: str, limit: int, half_life: float, *, spend_attempt: bool = True
+    ) -> list[Requeued]:
         done: list[Requeued] = []
         with self.db.write() as conn:
             stmt = select(jobs).where(where).order_by(jobs.c.lease_expires_at).limit(limit)
@@ -397,13 +405,16 @@ class JobRepository:
                 job = job_from_row(row)
                 lost = f"{why}: pilot {job.pilot_id} lost during attempt {job.attempts}"
                 self._record_usage(conn, job, now, half_life)
-                if job.attempts >= job.max_attempts:
+                if spend_attempt and job.attempts >= job.max_attempts:
                     reason = f"{lost}; no attempts left ({job.attempts}/{job.max_attempts})"
                     values = {"failure_reason": reason, "finished_at": now, "lease_expires_at": None}
                     self._move(conn, job, JobState.FAILED, now, reason, values)
                     done.append(Requeued(job.id, JobState.FAILED, reason))
                 else:
                     values = {"pilot_id": None, "lease_expires_at": None, "started_at": None}
+                    if not spend_attempt:
+                        values["max_attempts"] = job.max_attempts + 1
+                        lost += " (not counted against its attempts)"
                     self._move(conn, job, JobState.WAITING, now, lost, values)
                     done.append(Requeued(job.id, JobState.WAITING, lost))
         return done
@@ -463,7 +474,75 @@ class JobRepository:
                 job_id=job.id, at=now, from_state=job.state.value, to_state=target.value, reason=reason
             )
         )
-        return job.model_copy(update={**values, "state": target})
+        moved = job.model_copy(update={**values, "state": target})
+        if target.is_final:
+            JobRepository._record_job_end(conn, moved, now)
+        return moved
+
+    @staticmethod
+    def _record_job_end(conn: Connection, job: Job, now: float) -> None:
+        """The job's accounting record, in the transaction that makes it final (so it is never lost)."""
+        site = cloud = vm_id = None
+        if job.pilot_id is not None:
+            where = select(pilots.c.site, pilots.c.cloud, pilots.c.vm_id).where(pilots.c.id == job.pilot_id)
+            found = conn.execute(where).first()
+            if found is not None:
+                site, cloud, vm_id = found
+        started = job.started_at
+        conn.execute(
+            insert(job_usage).values(
+                job_id=job.id,
+                vo=job.vo,
+                owner=job.owner,
+                state=job.state.value,
+                site=site,
+                cloud=cloud,
+                vm_id=vm_id,
+                cores=job.cores,
+                submitted_at=job.submitted_at,
+                started_at=started,
+                ended_at=now,
+                wall_seconds=max(0.0, now - started) if started is not None else 0.0,
+                cpu_seconds=job.cpu_seconds or 0.0,
+                exit_code=job.exit_code,
+                attempts=job.attempts,
+            )
+        )
+
+    # --- events -----------------------------------------------------------------------------------------
+
+    def add_event_chunk(self, job_id: int, lease_token: int, first: int, last: int, sandbox_id: str, now: float) -> Job:
+        """Record the output of events ``first..last`` (finished by the current attempt) and move
+        ``events_done`` past them. Chunks must follow each other: ``first`` is the current ``events_done``."""
+        with self.db.write() as conn:
+            job = self._get(conn, job_id, for_update=self.db.is_postgres)
+            job.check_lease(lease_token)
+            if job.spec.events is None:
+                raise Conflict(f"job {job_id} declares no events")
+            if first != job.events_done:
+                raise Conflict(f"job {job_id} has events up to {job.events_done - 1} done; a chunk starts there")
+            if not first <= last < job.spec.events:
+                raise Conflict(f"events {first}..{last} are not within job {job_id}'s {job.spec.events} events")
+            conn.execute(
+                insert(event_chunks).values(
+                    job_id=job_id,
+                    attempt=job.attempts,
+                    first_event=first,
+                    last_event=last,
+                    sandbox_id=sandbox_id,
+                    at=now,
+                )
+            )
+            values = {"events_done": last + 1, "updated_at": now, "progress": f"{last + 1}/{job.spec.events} events"}
+            conn.execute(update(jobs).where(jobs.c.id == job_id).values(**values))
+            return job.model_copy(update=values)
+
+    def event_chunks(self, job_id: int) -> list[dict[str, Any]]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                select(event_chunks).where(event_chunks.c.job_id == job_id).order_by(event_chunks.c.first_event)
+            ).mappings()
+            return [dict(r) for r in rows]
 
     @staticmethod
     def _record_usage(conn: Connection, job: Job, now: float, half_life: float) -> None:

@@ -39,9 +39,31 @@ def _vms(conn: Connection) -> None:
     _add_column(conn, "pilots", "vm_id", "VARCHAR(64)")
 
 
+def _site_control(conn: Connection) -> None:
+    tables = [
+        schema.site_shutdowns,
+        schema.site_vo_switches,
+        schema.cloud_capacity,
+        schema.event_chunks,
+        schema.vm_usage,
+        schema.job_usage,
+    ]
+    schema.metadata.create_all(conn, tables=tables)
+    _add_column(conn, "jobs", "events_done", "INTEGER NOT NULL DEFAULT 0")
+    for column, ddl in [
+        ("site", "VARCHAR(100)"),
+        ("image", "VARCHAR(200)"),
+        ("hs06", "FLOAT"),
+        ("shutdown_deadline", "FLOAT"),
+        ("permission", "TEXT"),
+    ]:
+        _add_column(conn, "vms", column, ddl)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
     (2, "VMs and their history; tokens and pilots bound to a VM", _vms),
+    (3, "site control (shutdowns, VO switches, capacity), event chunks, accounting records", _site_control),
 ]
 
 LATEST = MIGRATIONS[-1][0]

@@ -36,6 +36,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         max_rss_bytes=row["max_rss_bytes"],
         progress=row["progress"],
         kill_requested=bool(row["kill_requested"]),
+        events_done=row.get("events_done") or 0,
     )
 
 

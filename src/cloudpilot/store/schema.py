@@ -87,6 +87,7 @@ jobs = Table(
     Column("max_rss_bytes", BigInteger),
     Column("progress", String(200)),
     Column("kill_requested", Boolean, nullable=False, default=False),
+    Column("events_done", Integer, nullable=False, default=0, server_default="0"),  # events reported finished (migration 3)
 )
 # The claim walks this index: first waiting job of a task queue in submission order.
 Index("ix_jobs_tq_state_id", jobs.c.tq_id, jobs.c.state, jobs.c.id)
@@ -163,6 +164,12 @@ vms = Table(
     Column("shutdown_message", Text),
     Column("failure_reason", Text),
     Column("terminated_at", Float),
+    # migration 3
+    Column("site", String(100)),
+    Column("image", String(200)),
+    Column("hs06", Float),
+    Column("shutdown_deadline", Float),  # a scheduled shutdown's deadline (the earliest that applies)
+    Column("permission", Text),  # the last refusal of the site's policy, if any
 )
 Index("ix_vms_state_cloud", vms.c.state, vms.c.cloud)
 Index("ix_vms_cloud_created", vms.c.cloud, vms.c.created_at)
@@ -177,3 +184,102 @@ vm_events = Table(
     Column("to_state", String(16), nullable=False),
     Column("reason", Text, nullable=False, default=""),
 )
+
+# --- site control, events and accounting (migration 3) ------------------------------------------------------
+
+site_shutdowns = Table(
+    "site_shutdowns",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("site", String(100), nullable=False),
+    Column("cloud", String(100)),  # None: every cloud of the site
+    Column("vm_id", String(64)),  # None: every VM of the cloud (or site)
+    Column("deadline", Float, nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    Column("cancelled_at", Float),
+)
+Index("ix_site_shutdowns_site", site_shutdowns.c.site, site_shutdowns.c.cancelled_at)
+
+site_vo_switches = Table(
+    "site_vo_switches",
+    metadata,
+    Column("site", String(100), primary_key=True),
+    Column("vo", String(100), primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("set_at", Float, nullable=False),
+    Column("set_by", String(200), nullable=False),
+)
+
+cloud_capacity = Table(
+    "cloud_capacity",
+    metadata,
+    Column("cloud", String(100), primary_key=True),
+    Column("max_vms", Integer, nullable=False),
+    Column("set_at", Float, nullable=False),
+    Column("set_by", String(200), nullable=False),
+)
+
+event_chunks = Table(
+    "event_chunks",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("job_id", Id, ForeignKey("jobs.id"), nullable=False, index=True),
+    Column("attempt", Integer, nullable=False),
+    Column("first_event", Integer, nullable=False),
+    Column("last_event", Integer, nullable=False),
+    Column("sandbox_id", String(80), nullable=False),
+    Column("at", Float, nullable=False),
+)
+
+# One record per VM, written when it is destroyed (the accounting of cloud usage; APEL cloud records).
+vm_usage = Table(
+    "vm_usage",
+    metadata,
+    Column("vm_id", String(64), primary_key=True),
+    Column("cloud", String(100), nullable=False),
+    Column("site", String(100), nullable=False),
+    Column("vo", String(100), nullable=False),
+    Column("flavor", String(100), nullable=False),
+    Column("cores", Integer, nullable=False),
+    Column("memory_mb", Integer, nullable=False),
+    Column("image", String(200)),
+    Column("instance_id", String(200)),
+    Column("started_at", Float, nullable=False),  # when the cloud was asked for it
+    Column("ended_at", Float, nullable=False),
+    Column("wall_seconds", Float, nullable=False),
+    Column("cpu_seconds", Float, nullable=False),  # of its jobs, from heartbeats and reports
+    Column("hs06", Float, nullable=False),
+    Column("price_per_core_hour", Float, nullable=False),
+    Column("cost", Float, nullable=False),
+    Column("jobs_run", Integer, nullable=False),
+    Column("final_state", String(16), nullable=False),  # the state it was destroyed from
+    Column("shutdown_code", Integer),
+    Column("shutdown_message", Text),
+    Column("recorded_at", Float, nullable=False),
+)
+Index("ix_vm_usage_ended", vm_usage.c.ended_at)
+
+# One record per job that reached a final state, written in the same transaction as that state.
+job_usage = Table(
+    "job_usage",
+    metadata,
+    Column("job_id", Id, primary_key=True),
+    Column("vo", String(100), nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("site", String(100)),
+    Column("cloud", String(100)),
+    Column("vm_id", String(64)),
+    Column("cores", Integer, nullable=False),
+    Column("submitted_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("ended_at", Float, nullable=False),
+    Column("wall_seconds", Float, nullable=False),
+    Column("cpu_seconds", Float, nullable=False),
+    Column("exit_code", Integer),
+    Column("attempts", Integer, nullable=False),
+)
+Index("ix_job_usage_ended", job_usage.c.ended_at)

@@ -116,7 +116,7 @@ def in_process(services: Services, offers: list[dict], n: int) -> dict[str, floa
     for i in range(n):
         offer = Offer.model_validate(offers[i % len(offers)])
         t0 = time.perf_counter()
-        job = services.pilots.match(pilot, reg.pilot_id, offer, time.time())
+        job = services.pilots.match(pilot, reg.pilot_id, offer, time.time()).job
         latencies.append(time.perf_counter() - t0)
         hits += job is not None
     elapsed = time.perf_counter() - started

@@ -21,6 +21,7 @@ from cloudpilot.services.vm_monitor import VMMonitor
 from cloudpilot.store.database import Database
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.pilots import PilotRecord, PilotRepository
+from cloudpilot.store.sites import SiteRepository
 from cloudpilot.store.tokens import TokenRepository
 from cloudpilot.store.vms import VMRepository
 
@@ -52,7 +53,13 @@ class Loops:
         self.cloud = FakeCloudDriver("fake", {"small": Flavor("small", 1, 2048)}, max_vms=3)
         drivers = {"fake": self.cloud}
         self.provisioner = Provisioner(
-            CONFIG, self.jobs, self.vms, self.tokens, drivers, server_url=lambda: "http://127.0.0.1:9"
+            CONFIG,
+            self.jobs,
+            self.vms,
+            self.tokens,
+            drivers,
+            SiteRepository(db),
+            server_url=lambda: "http://127.0.0.1:9",
         )
         self.monitor = VMMonitor(CONFIG, self.vms, self.jobs, self.pilots, self.tokens, drivers)
 
@@ -188,7 +195,7 @@ def test_a_draining_vm_takes_no_new_work_and_halts_when_its_job_ends(loops: Loop
     tq = loops.jobs.waiting_task_queues()[0]
     assert loops.jobs.claim(tq.id, pilot_id, T0 + 6, lease_seconds=3600) is not None
     loops.provisioner.apply([DrainVM(vm.id, "another VO needs its pledge")], T0 + 7)
-    assert not VMActivity(loops.vms).may_take_work(vm.id)
+    assert VMActivity(loops.vms).vm_for_work(vm.id) is None
     loops.monitor.tick(T0 + 8)
     assert loops.vms.get(vm.id).state is VMState.DRAINING  # its job still runs
     loops.jobs.report(job_id, 1, JobState.RUNNING, T0 + 9)

@@ -118,16 +118,21 @@ async def match(request: Request) -> Response:
         woken = notifier.current()
         if services.db.is_sqlite:
             # SQLite has one writer anyway: a thread hop would cost more than the claim it wraps.
-            job = services.pilots.match(principal, body.pilot_id, offer, services.clock.now())
+            answer = services.pilots.match(principal, body.pilot_id, offer, services.clock.now())
         else:
-            job = await run_in_threadpool(services.pilots.match, principal, body.pilot_id, offer, services.clock.now())
-        if job is not None:
+            answer = await run_in_threadpool(
+                services.pilots.match, principal, body.pilot_id, offer, services.clock.now()
+            )
+        if answer.halt is not None:
+            code, reason = answer.halt
+            return json_response({"halt": {"code": code, "reason": reason}, "shutdowntime": answer.shutdowntime})
+        if (job := answer.job) is not None:
             lease = {
                 "token": job.lease_token,
                 "expires_at": job.lease_expires_at,
                 "seconds": services.config.lease.seconds,
             }
-            return json_response({"job": job_for_pilot(job), "lease": lease})
+            return json_response({"job": job_for_pilot(job), "lease": lease, "shutdowntime": answer.shutdowntime})
         left = deadline - loop.time()
         if left <= 0 or await request.is_disconnected():
             return Response(status_code=204)
@@ -152,7 +157,13 @@ def heartbeat(job_id: int, body: HeartbeatBody, principal: PrincipalDep, service
         body.max_rss_bytes,
         body.progress,
     )
-    return json_response({"lease_expires_at": beat.lease_expires_at, "action": "kill" if beat.kill else "continue"})
+    return json_response(
+        {
+            "lease_expires_at": beat.lease_expires_at,
+            "action": "kill" if beat.kill else "continue",
+            "shutdowntime": beat.shutdowntime,
+        }
+    )
 
 
 @router.put("/jobs/{job_id}/output", summary="Upload the output sandbox of a job this pilot holds")

@@ -64,4 +64,6 @@ def job_for_pilot(job: Job) -> dict[str, Any]:
         "memory_mb": spec.requirements.memory_mb,
         "wall_seconds": job.wall_seconds,
         "attempt": job.attempts,
+        "events": spec.events,
+        "first_event": job.events_done,
     }

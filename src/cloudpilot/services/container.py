@@ -15,6 +15,8 @@ from cloudpilot.services.matcher import MatchService
 from cloudpilot.services.pilots import PilotService
 from cloudpilot.services.provisioner import Provisioner
 from cloudpilot.services.reaper import LeaseReaper
+from cloudpilot.services.site_control import SiteControl
+from cloudpilot.services.site_policy import SitePolicy
 from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.services.vm_monitor import VMMonitor
 from cloudpilot.storage.local import LocalSandboxStore
@@ -23,6 +25,7 @@ from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.migrations import upgrade
 from cloudpilot.store.pilots import PilotRepository
 from cloudpilot.store.sandboxes import SandboxRepository
+from cloudpilot.store.sites import SiteRepository
 from cloudpilot.store.tokens import TokenRepository
 from cloudpilot.store.vms import VMRepository
 
@@ -44,6 +47,7 @@ class Services:
     vms: VMRepository
     provisioner: Provisioner
     vm_monitor: VMMonitor
+    sites: SiteControl
     work_listeners: list[Callable[[], None]] = field(default_factory=list)
     public_url: str = "http://127.0.0.1:8080"  # where VMs reach this server; set by the server once it listens
 
@@ -60,6 +64,8 @@ class Services:
         drivers = build_drivers(config.clouds, data_dir)
         sandbox_store = LocalSandboxStore(config.sandbox_dir_for(data_dir), config.storage.max_sandbox_bytes)
         matcher = MatchService(job_repo, config)
+        site_repo = SiteRepository(db)
+        site_policy = SitePolicy(config, site_repo, job_repo)
         services: Services
         job_service = JobService(job_repo, sandbox_store, config, on_new_work=lambda: services.new_work())
         services = cls(
@@ -72,16 +78,17 @@ class Services:
             sandbox_store=sandbox_store,
             sandbox_records=SandboxRepository(db),
             jobs=job_service,
-            pilots=PilotService(job_repo, pilot_repo, matcher, config, VMActivity(vm_repo)),
+            pilots=PilotService(job_repo, pilot_repo, matcher, config, VMActivity(vm_repo), site_policy),
             matcher=matcher,
             reaper=LeaseReaper(job_repo, config, on_requeue=lambda: services.new_work()),
             vms=vm_repo,
             provisioner=Provisioner(
-                config, job_repo, vm_repo, tokens, drivers, server_url=lambda: services.vm_server_url()
+                config, job_repo, vm_repo, tokens, drivers, site_repo, server_url=lambda: services.vm_server_url()
             ),
             vm_monitor=VMMonitor(
                 config, vm_repo, job_repo, pilot_repo, tokens, drivers, on_requeue=lambda: services.new_work()
             ),
+            sites=SiteControl(config, site_repo, vm_repo, site_policy),
         )
         return services
 

@@ -18,6 +18,7 @@ from cloudpilot.domain.matching import Offer
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
 from cloudpilot.services.matcher import MatchService
+from cloudpilot.services.site_policy import SitePolicy, VODisabled
 from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.store.errors import NotFound
 from cloudpilot.store.jobs import JobRepository
@@ -35,6 +36,17 @@ class Registration:
 class Heartbeat:
     lease_expires_at: float | None
     kill: bool
+    shutdowntime: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MatchAnswer:
+    """A job, or nothing; ``halt``: the site's policy wants the pilot gone (code, reason);
+    ``shutdowntime``: a scheduled shutdown of the pilot's VM."""
+
+    job: Job | None = None
+    halt: tuple[int, str] | None = None
+    shutdowntime: float | None = None
 
 
 class PilotService:
@@ -45,8 +57,10 @@ class PilotService:
         matcher: MatchService,
         config: ServerConfig,
         vm_activity: VMActivity | None = None,
+        site_policy: SitePolicy | None = None,
     ) -> None:
         self.vm_activity = vm_activity
+        self.site_policy = site_policy
         self.jobs = jobs
         self.pilots = pilots
         self.matcher = matcher
@@ -92,15 +106,35 @@ class PilotService:
         lease = self.config.lease
         return Registration(pilot_id, lease.seconds, min(lease.heartbeat_seconds, lease.seconds / 3))
 
-    def match(self, principal: Principal, pilot_id: str, offer: Offer, now: float) -> Job | None:
+    def match(self, principal: Principal, pilot_id: str, offer: Offer, now: float) -> MatchAnswer:
+        """Check the site's permission for the next job, then hand out the best job that fits, if any."""
         require(principal, Role.PILOT)
         self._check_owner(principal, pilot_id, field="pilot_id")
         activity, vm_id = self.vm_activity, principal.vm_id
-        if activity is None or vm_id is None:
-            return self.matcher.match(pilot_id, offer, principal.vo, now)
-        job = self.matcher.match(pilot_id, offer, principal.vo, now) if activity.may_take_work(vm_id) else None
-        activity.seen(vm_id, now, matched=job is not None)
-        return job
+        vm = None
+        if activity is not None and vm_id is not None:
+            vm = activity.vm_for_work(vm_id)
+            if vm is None:
+                activity.seen(vm_id, now, matched=False)
+                return MatchAnswer()
+        deadline = vm.shutdown_deadline if vm is not None else None
+        site = vm.site if vm is not None else offer.site
+        if self.site_policy is not None:
+            try:
+                permission = self.site_policy.check(principal.vo, site, offer.seconds_left, deadline, now)
+            except VODisabled as exc:
+                if vm is not None and activity is not None:
+                    activity.refused(vm, str(exc), now)
+                raise
+            if permission.halt is not None:
+                if vm is not None and activity is not None:
+                    activity.refused(vm, permission.halt[1], now)
+                return MatchAnswer(halt=(int(permission.halt[0]), permission.halt[1]), shutdowntime=deadline)
+            offer = offer.model_copy(update={"seconds_left": permission.seconds_left})
+        job = self.matcher.match(pilot_id, offer, principal.vo, now)
+        if activity is not None and vm_id is not None:
+            activity.seen(vm_id, now, matched=job is not None)
+        return MatchAnswer(job, shutdowntime=deadline)
 
     def input_sandbox(self, principal: Principal, job_id: int, lease_token: int) -> str:
         job = self._held(principal, job_id, lease_token)
@@ -119,12 +153,14 @@ class PilotService:
         progress: str | None,
     ) -> Heartbeat:
         self._held(principal, job_id, lease_token, allow_killed=True)
+        shutdowntime = None
         if principal.vm_id is not None and self.vm_activity is not None:
             self.vm_activity.seen(principal.vm_id, now, matched=False)
+            shutdowntime = self.vm_activity.shutdown_deadline(principal.vm_id)
         job = self.jobs.heartbeat(
             job_id, lease_token, now, self.config.lease.seconds, cpu_seconds, max_rss_bytes, progress
         )
-        return Heartbeat(lease_expires_at=job.lease_expires_at, kill=job.state is JobState.KILLED)
+        return Heartbeat(job.lease_expires_at, job.state is JobState.KILLED, shutdowntime)
 
     def check_holder(self, principal: Principal, job_id: int, lease_token: int) -> None:
         self._held(principal, job_id, lease_token)

@@ -23,17 +23,20 @@ from cloudpilot.context.userdata import PilotContext, build_user_data
 from cloudpilot.domain.auth import Role
 from cloudpilot.domain.provisioning import (
     Action,
+    CloudMode,
     CloudView,
     DrainVM,
     ProvisioningSnapshot,
     StartVMs,
     StopVM,
+    VMEnd,
     VMView,
     WorkClass,
 )
 from cloudpilot.domain.vms import VM, VM_TRANSITIONS, VMState
 from cloudpilot.policy.provisioning import decide
 from cloudpilot.store.jobs import JobRepository
+from cloudpilot.store.sites import ScheduledShutdown, SiteRepository
 from cloudpilot.store.tokens import TokenRepository
 from cloudpilot.store.vms import VMRepository
 
@@ -49,6 +52,7 @@ class Provisioner:
     vms: VMRepository
     tokens: TokenRepository
     drivers: dict[str, CloudDriver]
+    sites: SiteRepository
     server_url: Callable[[], str]  # where VMs reach this server (known once it listens)
     on_change: Callable[[], None] = lambda: None
 
@@ -96,11 +100,34 @@ class Provisioner:
             free = vm.cores if vm.state is not VMState.RUNNING else max(0, vm.cores - busy.get(vm.id, 0))
             idle_since = vm.idle_since if busy.get(vm.id, 0) == 0 else None
             by_cloud[vm.cloud].append(
-                VMView(vm.id, vm.vo, vm.flavor, vm.state, vm.cores, vm.memory_mb, free, idle_since)
+                VMView(
+                    vm.id,
+                    vm.vo,
+                    vm.flavor,
+                    vm.state,
+                    vm.cores,
+                    vm.memory_mb,
+                    free,
+                    idle_since,
+                    created_at=vm.created_at,
+                    jobs_run=vm.jobs_run,
+                )
             )
-        clouds = tuple(self._cloud_view(name, settings, by_cloud[name], now) for name, settings in self._configured())
+        shutdowns = self.sites.pending_shutdowns(now)
+        overrides = self.sites.capacity_overrides()
+        clouds = tuple(
+            self._cloud_view(name, settings, by_cloud[name], now, shutdowns, overrides)
+            for name, settings in self._configured()
+        )
+        pledges = {
+            site: {vo: p.cores for vo, p in s.pledges.items()} for site, s in self.config.sites.items() if s.pledges
+        }
         return ProvisioningSnapshot(
-            work=work, clouds=clouds, vo_shares=self.config.vo_shares(), default_share=self.config.default_vo_share
+            work=work,
+            clouds=clouds,
+            vo_shares=self.config.vo_shares(),
+            default_share=self.config.default_vo_share,
+            pledges=pledges,
         )
 
     def _placeable_jobs(self) -> int:
@@ -112,13 +139,29 @@ class Provisioner:
     def _configured(self) -> list[tuple[str, CloudSettings]]:
         return [(name, settings) for name, settings in self.config.clouds.items() if name in self.drivers]
 
-    def _cloud_view(self, name: str, c: CloudSettings, vms: list[VMView], now: float) -> CloudView:
+    def _cloud_view(
+        self,
+        name: str,
+        c: CloudSettings,
+        vms: list[VMView],
+        now: float,
+        shutdowns: list[ScheduledShutdown],
+        overrides: dict[str, int],
+    ) -> CloudView:
         failures, last_failure = self.vms.boot_failures_in_row(name)
+        mode = CloudMode(c.mode)
+        recent_ends: tuple[VMEnd, ...] = ()
+        if mode is CloudMode.VACUUM:
+            window = max(3600.0, 4 * c.backoff_seconds + c.fizzle_seconds)
+            recent_ends = tuple(
+                VMEnd(vm.vo, vm.created_at, vm.terminated_at or vm.updated_at, vm.shutdown_code, vm.jobs_run)
+                for vm in self.vms.ended_since(name, now - window)
+            )
         return CloudView(
             name=name,
             flavors=c.flavor_list(),
             vos=c.served_vos(),
-            max_vms=c.max_vms,
+            max_vms=overrides.get(name, c.max_vms_at(now)),
             max_cores=c.max_cores,
             max_memory_mb=c.max_memory_mb,
             start_rate_per_minute=c.start_rate_per_minute,
@@ -130,6 +173,14 @@ class Provisioner:
             boot_failures_in_row=failures,
             last_boot_failure_at=last_failure,
             vms=tuple(vms),
+            mode=mode,
+            preemptible=c.preemptible,
+            hs06_per_core=c.hs06_per_core,
+            target_shares=c.target_shares,
+            fizzle_seconds=c.fizzle_seconds,
+            backoff_seconds=c.backoff_seconds,
+            recent_ends=recent_ends,
+            shutdown_pending=any(s.vm_id is None and s.covers(c.site, name, "") for s in shutdowns),
         )
 
     # --- acting -----------------------------------------------------------------------------------------
@@ -137,6 +188,13 @@ class Provisioner:
     def _start(self, action: StartVMs, now: float) -> None:
         settings = self.config.clouds[action.cloud]
         flavor = settings.flavors[action.flavor]
+        image = settings.images.get(action.vo, settings.images.get("*"))
+        # A VM started while a shutdown of its cloud is pending knows that deadline from the start.
+        deadlines = [
+            s.deadline
+            for s in self.sites.pending_shutdowns(now, settings.site)
+            if s.vm_id is None and s.covers(settings.site, action.cloud, "")
+        ]
         for _ in range(action.count):
             vm_id = f"vm-{secrets.token_hex(6)}"
             expires = now + settings.max_lifetime_seconds
@@ -152,12 +210,17 @@ class Provisioner:
                     now,
                     now,
                     expires_at=expires,
+                    site=settings.site,
+                    image=image,
+                    hs06=flavor.cores * settings.hs06_per_core,
+                    shutdown_deadline=min(deadlines, default=None),
                 ),
                 action.reason,
             )
             token = self.tokens.create(Role.PILOT, vm_id, now, vo=action.vo, expires_at=expires, vm_id=vm_id).token
+            server_url = self.server_url()
             context = PilotContext(
-                server_url=self.server_url(),
+                server_url=server_url,
                 vm_id=vm_id,
                 vo=action.vo,
                 pilot_token=token,
@@ -168,13 +231,15 @@ class Provisioner:
                 tags=tuple(settings.tags),
                 lifetime_seconds=settings.max_lifetime_seconds,
                 idle_timeout_seconds=self.config.provisioner.pilot_idle_timeout_seconds,
+                machinefeatures_url=f"{server_url.rstrip('/')}/mjf/{vm_id}/machine",
+                jobfeatures_url=f"{server_url.rstrip('/')}/mjf/{vm_id}/job",
             )
             request = LaunchRequest(
                 vm_id=vm_id,
                 vo=action.vo,
                 flavor=action.flavor,
                 user_data=build_user_data(context),
-                image=settings.images.get(action.vo, settings.images.get("*")),
+                image=image,
             )
             try:
                 instance = self.drivers[action.cloud].create(request)

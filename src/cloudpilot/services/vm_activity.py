@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cloudpilot.domain.vms import VMState
+from cloudpilot.domain.vms import VM, VMState
 from cloudpilot.services.errors import Forbidden
 from cloudpilot.store.errors import NotFound
 from cloudpilot.store.vms import VMRepository
@@ -29,12 +29,25 @@ class VMActivity:
         else:
             self.vms.update(vm_id, now, last_seen_at=now)
 
-    def may_take_work(self, vm_id: str) -> bool:
-        """A draining VM (or one being stopped) gets no new job; its pilot idles out and powers off."""
+    def vm_for_work(self, vm_id: str) -> VM | None:
+        """The VM, if it may take new work: a draining VM (or one being stopped) gets no new job; its pilot
+        idles out and powers off."""
         try:
-            return self.vms.get(vm_id).state in (VMState.BOOTING, VMState.RUNNING)
+            vm = self.vms.get(vm_id)
         except NotFound:
-            return False
+            return None
+        return vm if vm.state in (VMState.BOOTING, VMState.RUNNING) else None
+
+    def shutdown_deadline(self, vm_id: str) -> float | None:
+        try:
+            return self.vms.get(vm_id).shutdown_deadline
+        except NotFound:
+            return None
+
+    def refused(self, vm: VM, reason: str, now: float) -> None:
+        """Keep the site policy's refusal on the VM's record (written only when it changes)."""
+        if vm.permission != reason:
+            self.vms.update(vm.id, now, permission=reason[:1000])
 
     def seen(self, vm_id: str, now: float, matched: bool) -> None:
         if matched:

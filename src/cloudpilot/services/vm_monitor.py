@@ -5,11 +5,14 @@ Every ``tick(now)``:
    ``draining`` with no word from their pilot for ``provisioner.lost_after_seconds``, or whose instance
    stopped without the pilot's shutdown report → ``lost``, and the jobs
    their pilots held go back to the queue at once;
-2. VMs past their maximum lifetime → ``halted``;
+2. VMs past a scheduled shutdown's deadline → ``halted``, their jobs back to ``waiting`` without spending an
+   attempt; VMs past their maximum lifetime → ``halted``;
 3. reconciliation with each cloud's own list: an instance tagged as ours whose VM is unknown or destroyed is
    destroyed; a live VM whose instance is gone → ``lost``; an instance that stopped (the pilot powered the VM
    off) → ``halted``; one in error → ``failed``;
-4. ``halted``, ``failed`` and ``lost`` VMs are destroyed through their driver and their tokens revoked.
+4. ``halted``, ``failed`` and ``lost`` VMs are destroyed through their driver, their tokens revoked, and
+   their usage recorded (``record_usage``, before the VM is marked destroyed so a restart cannot lose it).
+Jobs of a lost VM of a preemptible cloud go back without spending an attempt: the cloud took the VM away.
 A cloud that cannot be listed is skipped this cycle (its VMs are left as they are), not guessed about.
 """
 
@@ -42,6 +45,7 @@ class VMMonitor:
     tokens: TokenRepository
     drivers: dict[str, CloudDriver]
     on_requeue: Callable[[], None] = lambda: None
+    record_usage: Callable[[VM, float], None] = lambda vm, now: None
 
     @property
     def interval(self) -> float:
@@ -68,6 +72,8 @@ class VMMonitor:
             return [f"{vm.id} failed: {reason}"]
         if vm.state is VMState.BOOTING:
             return []
+        if vm.shutdown_deadline is not None and now >= vm.shutdown_deadline:
+            return [self._shut_down(vm, now)]
         silent = now - (vm.last_seen_at or vm.booted_at or vm.created_at)
         if silent > self.config.provisioner.lost_after_seconds:
             return [self._lose(vm, now, f"no word from its pilot for {silent:.0f} s")]
@@ -81,14 +87,32 @@ class VMMonitor:
             self.vms.update(vm.id, now, idle_since=now)
         return []
 
+    def _shut_down(self, vm: VM, now: float) -> str:
+        """The site's deadline has come: what still runs goes back to the queue, the VM goes."""
+        why = f"site shutdown of {vm.id} at its deadline"
+        released = self._release(vm, now, why, spend_attempt=False)
+        self.vms.move(vm.id, VMState.HALTED, now, why, shutdown_message=f"{why}; {released} job(s) requeued")
+        return f"{vm.id} halted: {why}; {released} job(s) requeued"
+
     def _lose(self, vm: VM, now: float, why: str) -> str:
         self.vms.move(vm.id, VMState.LOST, now, why, failure_reason=why if vm.booted_at is None else None)
+        settings = self.config.clouds.get(vm.cloud)
+        preempted = settings is not None and settings.preemptible
+        what = f"VM {vm.id} of preemptible cloud {vm.cloud} lost" if preempted else f"VM {vm.id} lost"
+        released = self._release(vm, now, what, spend_attempt=not preempted)
+        return f"{vm.id} lost: {why}; {released} job(s) requeued"
+
+    def _release(self, vm: VM, now: float, why: str, *, spend_attempt: bool = True) -> int:
         released = self.jobs.release_pilots(
-            self.pilots.ids_in_vm(vm.id), now, f"VM {vm.id} lost", self.config.fair_share.half_life_seconds
+            self.pilots.ids_in_vm(vm.id),
+            now,
+            why,
+            self.config.fair_share.half_life_seconds,
+            spend_attempt=spend_attempt,
         )
         if released:
             self.on_requeue()
-        return f"{vm.id} lost: {why}; {len(released)} job(s) requeued"
+        return len(released)
 
     def _reconcile(self, cloud: str, driver: CloudDriver, now: float) -> list[str]:
         try:
@@ -144,11 +168,8 @@ class VMMonitor:
                 return []
         self.tokens.revoke_for_vm(vm.id, now)
         # Jobs still held by its pilots (a VM halted at the end of its lifetime) go back to the queue now.
-        released = self.jobs.release_pilots(
-            self.pilots.ids_in_vm(vm.id), now, f"VM {vm.id} destroyed", self.config.fair_share.half_life_seconds
-        )
-        if released:
-            self.on_requeue()
+        self._release(vm, now, f"VM {vm.id} destroyed")
+        self.record_usage(vm, now)
         self.vms.move(vm.id, VMState.DESTROYED, now, f"destroyed after {vm.state.value}", terminated_at=now)
         if vm.state is VMState.HALTED:
             return [f"{vm.id} destroyed"]

@@ -87,7 +87,8 @@ jobs = Table(
     Column("max_rss_bytes", BigInteger),
     Column("progress", String(200)),
     Column("kill_requested", Boolean, nullable=False, default=False),
-    Column("events_done", Integer, nullable=False, default=0, server_default="0"),  # events reported finished (migration 3)
+    # Events reported finished: where the next attempt starts (migration 3).
+    Column("events_done", Integer, nullable=False, default=0, server_default="0"),
 )
 # The claim walks this index: first waiting job of a task queue in submission order.
 Index("ix_jobs_tq_state_id", jobs.c.tq_id, jobs.c.state, jobs.c.id)

@@ -60,6 +60,17 @@ class VMRepository:
         with self.db.read() as conn:
             return [vm_from_row(r) for r in conn.execute(stmt).mappings()]
 
+    def ended_since(self, cloud: str, since: float) -> list[VM]:
+        """VMs of the cloud that stopped running (halted, failed, lost or destroyed) since ``since``."""
+        ended = [VMState.HALTED.value, VMState.FAILED.value, VMState.LOST.value, VMState.DESTROYED.value]
+        stmt = (
+            select(vms)
+            .where(vms.c.cloud == cloud, vms.c.state.in_(ended), vms.c.updated_at >= since)
+            .order_by(vms.c.created_at, vms.c.id)
+        )
+        with self.db.read() as conn:
+            return [vm_from_row(r) for r in conn.execute(stmt).mappings()]
+
     def history(self, vm_id: str) -> list[tuple[float, str | None, str, str]]:
         with self.db.read() as conn:
             rows = conn.execute(

@@ -101,6 +101,18 @@ def get_output(job_id: int, principal: PrincipalDep, services: ServicesDep) -> R
     return StreamingResponse(services.sandbox_store.open(sandbox), media_type="application/gzip")
 
 
+@router.get("/jobs/{job_id}/events", summary="The output chunks of a job's finished events")
+def list_event_chunks(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+    chunks = services.jobs.event_chunks(principal, job_id)
+    return json_response({"job_id": job_id, "chunks": chunks})
+
+
+@router.get("/jobs/{job_id}/events/{first}", summary="One output chunk of finished events (gzipped tar)")
+def get_event_chunk(job_id: int, first: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+    sandbox = services.jobs.event_chunk_sandbox(principal, job_id, first)
+    return StreamingResponse(services.sandbox_store.open(sandbox), media_type="application/gzip")
+
+
 @router.post("/sandboxes", status_code=201, summary="Upload an input sandbox (gzipped tar)")
 async def upload_sandbox(request: Request, principal: PrincipalDep, services: ServicesDep) -> Response:
     require(principal, Role.USER)

@@ -179,6 +179,24 @@ async def put_output(
     return json_response({"id": sandbox_id, "size": size})
 
 
+@router.put("/jobs/{job_id}/events", summary="Upload the output of finished events of a job this pilot holds")
+async def put_events(
+    job_id: int,
+    request: Request,
+    principal: PrincipalDep,
+    services: ServicesDep,
+    lease_token: int = Query(),
+    first: int = Query(ge=0),
+    last: int = Query(ge=0),
+) -> Response:
+    await run_in_threadpool(services.pilots.check_holder, principal, job_id, lease_token)
+    sandbox_id, size = await receive_sandbox(request, services, principal)
+    job = await run_in_threadpool(
+        services.pilots.add_event_chunk, principal, job_id, lease_token, first, last, sandbox_id, services.clock.now()
+    )
+    return json_response({"id": sandbox_id, "size": size, "events_done": job.events_done})
+
+
 @router.post("/jobs/{job_id}/report", summary="Report the job running, done or failed")
 def report(job_id: int, body: ReportBody, principal: PrincipalDep, services: ServicesDep) -> Response:
     job = services.pilots.report(

@@ -40,6 +40,8 @@ def job_json(job: Job, history: list[JobEvent] | None = None) -> dict[str, Any]:
         "cpu_seconds": job.cpu_seconds,
         "max_rss_bytes": job.max_rss_bytes,
         "progress": job.progress,
+        "events": job.spec.events,
+        "events_done": job.events_done,
         "has_output": job.output_sandbox is not None,
         "spec": job.spec.model_dump(mode="json"),
     }

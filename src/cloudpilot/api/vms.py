@@ -21,10 +21,12 @@ def vm_json(vm: VM) -> dict[str, Any]:
     return {**asdict(vm), "state": vm.state.value}
 
 
-@router.get("/vms", summary="VMs, newest last (admin)")
+@router.get("/vms", summary="VMs, newest last (admin; a site admin sees its site's)")
 def list_vms(principal: PrincipalDep, services: ServicesDep, state: VMState | None = None) -> Response:
-    require(principal, Role.ADMIN)
+    require(principal, Role.SITE)
     vms = services.vms.list(states=None if state is None else {state})
+    if not principal.is_admin:
+        vms = [vm for vm in vms if (vm.site or vm.cloud) == principal.site]
     return json_response({"vms": [vm_json(vm) for vm in vms]})
 
 
@@ -58,15 +60,18 @@ def list_clouds(principal: PrincipalDep, services: ServicesDep) -> Response:
     for vm in services.vms.list(states={s for s in VMState if not s.is_final}):
         counts.setdefault(vm.cloud, Counter())[vm.state.value] += 1
     clouds = []
+    overrides, now = services.sites.sites.capacity_overrides(), services.clock.now()
     for name, settings in services.config.clouds.items():
         clouds.append(
             {
                 "name": name,
                 "driver": settings.driver,
                 "flavors": {f: {"cores": v.cores, "memory_mb": v.memory_mb} for f, v in settings.flavors.items()},
-                "max_vms": settings.max_vms,
+                "max_vms": overrides.get(name, settings.max_vms_at(now)),
                 "price_per_core_hour": settings.price_per_core_hour,
                 "site": settings.site,
+                "mode": settings.mode,
+                "preemptible": settings.preemptible,
                 "vms": dict(counts[name]),
             }
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Principal, Role
@@ -74,6 +75,17 @@ class JobService:
         if job.output_sandbox is None:
             raise NotFound(f"job {job_id} has no output yet (it is {job.state.value})")
         return job.output_sandbox
+
+    def event_chunks(self, principal: Principal, job_id: int) -> list[dict[str, Any]]:
+        """The output chunks of a job's finished events, in event order."""
+        self.get(principal, job_id)
+        return self.jobs.event_chunks(job_id)
+
+    def event_chunk_sandbox(self, principal: Principal, job_id: int, first: int) -> str:
+        for chunk in self.event_chunks(principal, job_id):
+            if chunk["first_event"] == first:
+                return str(chunk["sandbox_id"])
+        raise NotFound(f"job {job_id} has no output chunk starting at event {first}")
 
     @staticmethod
     def _scope(principal: Principal) -> tuple[str | None, str | None]:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import secrets
 import threading
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Principal, Role
 from cloudpilot.domain.jobs import Job, JobState
 from cloudpilot.domain.matching import Offer
+from cloudpilot.domain.shutdown import ShutdownCode
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
 from cloudpilot.services.matcher import MatchService
@@ -134,6 +136,11 @@ class PilotService:
         job = self.matcher.match(pilot_id, offer, principal.vo, now)
         if activity is not None and vm_id is not None:
             activity.seen(vm_id, now, matched=job is not None)
+        if job is None and deadline is not None:
+            # A VM to be shut down with nothing that ends in time: it leaves now rather than idle to its end.
+            moment = datetime.fromtimestamp(deadline, UTC).isoformat(timespec="seconds")
+            halt = (int(ShutdownCode.SHUTDOWN_AS_REQUESTED), f"the site shuts this VM down by {moment}")
+            return MatchAnswer(halt=halt, shutdowntime=deadline)
         return MatchAnswer(job, shutdowntime=deadline)
 
     def input_sandbox(self, principal: Principal, job_id: int, lease_token: int) -> str:
@@ -168,6 +175,13 @@ class PilotService:
     def set_output(self, principal: Principal, job_id: int, lease_token: int, sandbox_id: str, now: float) -> None:
         self._held(principal, job_id, lease_token)
         self.jobs.set_output(job_id, lease_token, sandbox_id, now)
+
+    def add_event_chunk(
+        self, principal: Principal, job_id: int, lease_token: int, first: int, last: int, sandbox_id: str, now: float
+    ) -> Job:
+        """The output of events ``first..last``, finished by the attempt this pilot holds."""
+        self._held(principal, job_id, lease_token)
+        return self.jobs.add_event_chunk(job_id, lease_token, first, last, sandbox_id, now)
 
     def report(
         self,

@@ -113,7 +113,7 @@ class Provisioner:
                     jobs_run=vm.jobs_run,
                 )
             )
-        shutdowns = self.sites.pending_shutdowns(now)
+        shutdowns = self.sites.active_shutdowns()
         overrides = self.sites.capacity_overrides()
         clouds = tuple(
             self._cloud_view(name, settings, by_cloud[name], now, shutdowns, overrides)
@@ -192,7 +192,7 @@ class Provisioner:
         # A VM started while a shutdown of its cloud is pending knows that deadline from the start.
         deadlines = [
             s.deadline
-            for s in self.sites.pending_shutdowns(now, settings.site)
+            for s in self.sites.active_shutdowns(settings.site)
             if s.vm_id is None and s.covers(settings.site, action.cloud, "")
         ]
         for _ in range(action.count):

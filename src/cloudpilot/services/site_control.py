@@ -8,7 +8,7 @@ from typing import Any
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Principal, Role
-from cloudpilot.domain.vms import VMState
+from cloudpilot.domain.vms import VM, VMState
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
 from cloudpilot.services.site_policy import SitePolicy
@@ -100,7 +100,7 @@ class SiteControl:
         disabled = {vo for vo in site_config.disabled_vos if vo not in switches}
         disabled |= {vo for vo, sw in switches.items() if not sw.enabled}
         overrides = self.sites.capacity_overrides()
-        live = [vm for c in clouds for vm in self.vms.list(states=LIVE, cloud=c)]
+        live = [vm for vm in self.vms.list(states=LIVE) if vm.cloud in clouds]
         return {
             "site": site,
             "clouds": [
@@ -117,13 +117,16 @@ class SiteControl:
             "running_cores": running,
             "disabled_vos": sorted(disabled),
             "shutdowns": [
-                {
-                    **shutdown_json(s),
-                    "vms": [vm.id for vm in live if s.covers(vm.site or vm.cloud, vm.cloud, vm.id)],
-                }
-                for s in self.sites.pending_shutdowns(now, site)
+                {**shutdown_json(s), "vms": self.affected_vms(s, live)}
+                for s in self.sites.active_shutdowns(site)
+                if s.vm_id is None or self.affected_vms(s, live)  # a VM's own shutdown ends with the VM
             ],
         }
+
+    def affected_vms(self, shutdown: ScheduledShutdown, live: list[VM] | None = None) -> list[str]:
+        if live is None:
+            live = self.vms.list(states=LIVE)
+        return [vm.id for vm in live if shutdown.covers(vm.site or vm.cloud, vm.cloud, vm.id)]
 
     # --- checks -----------------------------------------------------------------------------------------
 

@@ -106,9 +106,10 @@ class SiteRepository:
             raise NotFound(f"shutdown {shutdown_id} does not exist")
         return _shutdown(row)
 
-    def pending_shutdowns(self, now: float, site: str | None = None) -> list[ScheduledShutdown]:
-        """Shutdowns not cancelled whose deadline has not passed."""
-        stmt = select(site_shutdowns).where(site_shutdowns.c.cancelled_at.is_(None), site_shutdowns.c.deadline > now)
+    def active_shutdowns(self, site: str | None = None) -> list[ScheduledShutdown]:
+        """Shutdowns not cancelled, before or after their deadline: a cloud or site under one stays closed to
+        new VMs until its admin cancels it."""
+        stmt = select(site_shutdowns).where(site_shutdowns.c.cancelled_at.is_(None))
         if site is not None:
             stmt = stmt.where(site_shutdowns.c.site == site)
         with self.db.read() as conn:

@@ -83,6 +83,15 @@ def test_drained_idle_vm_halts_100_and_a_job_too_long_for_its_deadline_runs_else
     assert drained[0]["jobs_run"] == 1  # the first job only
     assert [vm["jobs_run"] for vm in vms_of(server, "b1")] == [1]
 
+    # Each VM left a usage record when it was destroyed, with the jobs it ran.
+    admin = server.client(server.token(Role.ADMIN, "root"))
+    wait_for(lambda: all(v["state"] == "destroyed" for v in vms_of(server, "b1")), 60, "b1's VM destroyed")
+    records = {r["vm_id"]: r for r in admin.get("/api/v1/accounting/vms").json()["records"]}
+    for vm in vms_of(server, "a1") + vms_of(server, "b1"):
+        assert records[vm["id"]]["jobs_run"] == vm["jobs_run"]
+        assert records[vm["id"]]["site"] == ("siteA" if vm["cloud"] == "a1" else "siteB")
+    assert records[drained[0]["id"]]["shutdown_code"] == 100
+
     status = site_admin.get("/api/v1/sites/siteA").json()
     assert [s["cloud"] for s in status["shutdowns"]] == ["a1"]
     site_admin.delete(f"/api/v1/sites/siteA/shutdowns/{status['shutdowns'][0]['id']}").raise_for_status()
@@ -139,7 +148,7 @@ def test_site_admins_get_clear_errors_and_nothing_changes(make_server: ServerFac
     refused(user, "/api/v1/sites/siteA/shutdowns", {}, 403, "needs a site token")
     assert site_a.put("/api/v1/clouds/b1/capacity", json={"max_vms": 0}).status_code == 403
     # Another site's VM.
-    _, job_id = submit(server, "print(1)")
+    submit(server, "print(1)")
     vm = running_vm(server, "a1")
     refused(site_b, "/api/v1/sites/siteB/shutdowns", {"vm_id": vm["id"]}, 403, "runs at site siteA")
     refused(site_b, "/api/v1/sites/siteB/shutdowns", {"vm_id": "vm-nope"}, 404, "VM vm-nope does not exist")
@@ -163,9 +172,9 @@ def test_vms_and_payloads_read_their_machine_and_job_features(make_server: Serve
     user, job_id = submit(server, code, wall=300, output_files=["features.json"])
     job = wait_final(user, [job_id], timeout=90)[job_id]
     assert job["state"] == "done", job
-    archive = tarfile.open(fileobj=io.BytesIO(user.get(f"/api/v1/jobs/{job_id}/output").content))
-    member = next(m for m in archive.getmembers() if m.name.endswith("features.json"))
-    seen = json.loads(archive.extractfile(member).read())  # type: ignore[union-attr]
+    with tarfile.open(fileobj=io.BytesIO(user.get(f"/api/v1/jobs/{job_id}/output").content)) as archive:
+        member = next(m for m in archive.getmembers() if m.name.endswith("features.json"))
+        seen = json.loads(archive.extractfile(member).read())  # type: ignore[union-attr]
     # The payload's own job features describe this job, not the VM.
     assert seen["job_id"] == str(job_id)
     assert seen["allocated_cpu"] == "1"

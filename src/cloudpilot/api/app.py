@@ -12,7 +12,7 @@ from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
 from cloudpilot import __version__
-from cloudpilot.api import jobs, pilot_zipapp, pilots, tokens, vms
+from cloudpilot.api import accounting, jobs, mjf, pilot_zipapp, pilots, sites, tokens, vms
 from cloudpilot.api.errors import install_error_handlers
 from cloudpilot.api.notify import WorkNotifier
 from cloudpilot.api.responses import json_response
@@ -87,6 +87,9 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     app.include_router(tokens.router)
     app.include_router(pilot_zipapp.router)
     app.include_router(vms.router)
+    app.include_router(accounting.router)
+    app.include_router(sites.router)
+    app.include_router(mjf.router)
 
     @app.get("/api/v1/health", tags=["server"], summary="Liveness and version")
     def health() -> Response:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from cloudpilot.cli import accounting as accounting_cmds
 from cloudpilot.cli import demo as demo_cmds
 from cloudpilot.cli import jobs as job_cmds
 from cloudpilot.cli import pilot as pilot_cmds
 from cloudpilot.cli import server as server_cmds
+from cloudpilot.cli import sites as site_cmds
 from cloudpilot.cli import vms as vm_cmds
 
 app = typer.Typer(
@@ -20,6 +22,9 @@ token_app = typer.Typer(help="Manage tokens.", no_args_is_help=True)
 app.add_typer(token_app, name="token")
 vm_app = typer.Typer(help="Show or stop one VM (admin token).", no_args_is_help=True)
 app.add_typer(vm_app, name="vm")
+site_app = typer.Typer(help="Site control: drain VMs by a deadline, show a site (site token).", no_args_is_help=True)
+app.add_typer(site_app, name="site")
+app.add_typer(accounting_cmds.app, name="accounting")
 
 app.command("server")(server_cmds.server)
 token_app.command("create")(server_cmds.token_create)
@@ -34,6 +39,9 @@ app.command("clouds")(vm_cmds.clouds)
 app.command("vms")(vm_cmds.vms)
 vm_app.command("show")(vm_cmds.vm_show)
 vm_app.command("stop")(vm_cmds.vm_stop)
+site_app.command("drain")(site_cmds.drain)
+site_app.command("status")(site_cmds.status)
+site_app.command("cancel")(site_cmds.cancel)
 app.command("pilot", context_settings=pilot_cmds.CONTEXT_SETTINGS, add_help_option=False)(pilot_cmds.pilot)
 app.command("demo")(demo_cmds.demo)
 

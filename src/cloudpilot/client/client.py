@@ -222,12 +222,81 @@ class CloudpilotClient:
         """Stop a VM (admin only): it is halted now and destroyed by the VM monitor's next cycle."""
         return self._request("POST", f"/vms/{_segment(vm_id)}/stop").json()
 
+    # -- sites ----------------------------------------------------------------------------------------------
+
+    def sites(self) -> list[str]:
+        """Sites this token may administer (every site for an admin)."""
+        return list(self._request("GET", "/sites").json()["sites"])
+
+    def site(self, site: str) -> dict[str, Any]:
+        """A site's clouds, pledges, running cores per VO, disabled VOs and pending shutdowns."""
+        return self._request("GET", f"/sites/{_segment(site)}").json()
+
+    def schedule_shutdown(
+        self,
+        site: str,
+        *,
+        cloud: str | None = None,
+        vm_id: str | None = None,
+        deadline: float | str | None = None,
+        reason: str = "",
+    ) -> dict[str, Any]:
+        """Schedule the shutdown of a VM, a cloud or the whole site (``deadline``: UNIX seconds or ISO 8601)."""
+        body = {"cloud": cloud, "vm_id": vm_id, "deadline": deadline, "reason": reason}
+        return self._request("POST", f"/sites/{_segment(site)}/shutdowns", json=body).json()
+
+    def cancel_shutdown(self, site: str, shutdown_id: int) -> dict[str, Any]:
+        return self._request("DELETE", f"/sites/{_segment(site)}/shutdowns/{shutdown_id}").json()
+
+    def set_vo_enabled(self, site: str, vo: str, enabled: bool, reason: str = "") -> dict[str, Any]:
+        body = {"enabled": enabled, "reason": reason}
+        return self._request("PUT", f"/sites/{_segment(site)}/vos/{_segment(vo)}", json=body).json()
+
+    def set_capacity(self, cloud: str, max_vms: int | None) -> dict[str, Any]:
+        """Change a cloud's max_vms now (``None``: back to the configuration)."""
+        return self._request("PUT", f"/clouds/{_segment(cloud)}/capacity", json={"max_vms": max_vms}).json()
+
     # -- tokens ---------------------------------------------------------------------------------------------
 
     def create_token(self, role: str, name: str, vo: str | None = None, site: str | None = None) -> str:
         """Issue a token (admin only); return the secret, which the server shows only this once."""
         body = {"role": str(role), "name": name, "vo": vo, "site": site}
         return self._request("POST", "/tokens", json={k: v for k, v in body.items() if v is not None}).json()["token"]
+
+    # -- accounting -----------------------------------------------------------------------------------------
+    # ``since``/``until``: UNIX seconds or ISO 8601 (UTC without a zone); records that ended in [since, until).
+
+    def accounting_vms(
+        self, since: float | str | None = None, until: float | str | None = None, **filters: str | None
+    ) -> list[dict[str, Any]]:
+        """VM usage records visible to the caller (``filters``: site, vo, cloud)."""
+        params = _accounting_params(since, until, **filters)
+        return list(self._request("GET", "/accounting/vms", params=params).json()["records"])
+
+    def accounting_jobs(
+        self, since: float | str | None = None, until: float | str | None = None, **filters: str | None
+    ) -> list[dict[str, Any]]:
+        """Job usage records visible to the caller (``filters``: site, vo, cloud)."""
+        params = _accounting_params(since, until, **filters)
+        return list(self._request("GET", "/accounting/jobs", params=params).json()["records"])
+
+    def accounting_report(
+        self, by: str = "vo", since: float | str | None = None, until: float | str | None = None
+    ) -> dict[str, Any]:
+        """Totals per group of ``by`` (comma-separated vo, site, cloud) and core-hours per VO over time."""
+        params = _accounting_params(since, until, by=by)
+        return self._request("GET", "/accounting/report", params=params).json()
+
+    def accounting_apel(
+        self, since: float | str | None = None, until: float | str | None = None, **filters: str | None
+    ) -> str:
+        """The APEL cloud usage message (v0.4) of the VM records (``filters``: site, vo)."""
+        return self._request("GET", "/accounting/apel", params=_accounting_params(since, until, **filters)).text
+
+
+def _accounting_params(since: float | str | None, until: float | str | None, **more: str | None) -> dict[str, str]:
+    given = {"since": since, "until": until, **more}
+    return {k: str(v) for k, v in given.items() if v is not None}
 
 
 def _segment(value: str) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudpilot.config import ServerConfig
+from cloudpilot.services.accounting import AccountingService
 from cloudpilot.services.auth import Authenticator
 from cloudpilot.services.clock import Clock, SystemClock
 from cloudpilot.services.cloud_drivers import build_drivers
@@ -20,6 +21,7 @@ from cloudpilot.services.site_policy import SitePolicy
 from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.services.vm_monitor import VMMonitor
 from cloudpilot.storage.local import LocalSandboxStore
+from cloudpilot.store.accounting import AccountingRepository
 from cloudpilot.store.database import Database
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.migrations import upgrade
@@ -47,6 +49,7 @@ class Services:
     vms: VMRepository
     provisioner: Provisioner
     vm_monitor: VMMonitor
+    accounting: AccountingService
     sites: SiteControl
     work_listeners: list[Callable[[], None]] = field(default_factory=list)
     public_url: str = "http://127.0.0.1:8080"  # where VMs reach this server; set by the server once it listens
@@ -65,6 +68,7 @@ class Services:
         sandbox_store = LocalSandboxStore(config.sandbox_dir_for(data_dir), config.storage.max_sandbox_bytes)
         matcher = MatchService(job_repo, config)
         site_repo = SiteRepository(db)
+        records = AccountingRepository(db)
         site_policy = SitePolicy(config, site_repo, job_repo)
         services: Services
         job_service = JobService(job_repo, sandbox_store, config, on_new_work=lambda: services.new_work())
@@ -85,8 +89,18 @@ class Services:
             provisioner=Provisioner(
                 config, job_repo, vm_repo, tokens, drivers, site_repo, server_url=lambda: services.vm_server_url()
             ),
+            accounting=AccountingService(records),
             vm_monitor=VMMonitor(
-                config, vm_repo, job_repo, pilot_repo, tokens, drivers, on_requeue=lambda: services.new_work()
+                config,
+                vm_repo,
+                job_repo,
+                pilot_repo,
+                tokens,
+                drivers,
+                on_requeue=lambda: services.new_work(),
+                record_usage=lambda vm, now: records.record_vm(
+                    vm, ended_at=now, price_per_core_hour=_price_of(config, vm.cloud), now=now
+                ),
             ),
             sites=SiteControl(config, site_repo, vm_repo, site_policy),
         )
@@ -107,3 +121,8 @@ class Services:
 
     def close(self) -> None:
         self.db.dispose()
+
+
+def _price_of(config: ServerConfig, cloud: str) -> float:
+    settings = config.clouds.get(cloud)
+    return settings.price_per_core_hour if settings is not None else 0.0

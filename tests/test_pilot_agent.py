@@ -39,12 +39,13 @@ def make_agent(
     cores: int = 1,
     sleep: Callable[[float], object] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    wall_clock: Callable[[], float] = time.time,
     **overrides: object,
 ) -> Agent:
     settings: dict = {"idle_timeout": 0.4, "wait_seconds": 0.2, "give_up_seconds": 60, "kill_grace_seconds": 1}
     settings.update(overrides)
     config = PilotConfig(workdir=tmp_path / "work", cores=cores, hostname="test-host", **settings)
-    return Agent(fake, config, clock=clock, sleep=sleep)
+    return Agent(fake, config, clock=clock, wall_clock=wall_clock, sleep=sleep)
 
 
 class Background:

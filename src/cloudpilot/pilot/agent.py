@@ -7,6 +7,9 @@ a condition until a job frees some. It leaves when
 * :meth:`Agent.stop` is called (SIGTERM): payloads are killed, their leases left to expire — code 100;
 * no job has run nor been obtained for ``idle_timeout`` seconds, or the lifetime is over — 200 if it ran at
   least one job, else 300 (running jobs are waited for);
+* a shutdown time is known (machine/job features, or the server's answers) and either it has come or, with no
+  job running, a match brought nothing — 100 (running jobs are waited for);
+* a match answers ``{"halt": {"code", "reason"}}`` — that code (running jobs are waited for);
 * the server stayed unreachable for ``give_up_seconds`` — 700;
 * the server refuses the pilot itself: 401/403 — 400 (banned), anything else — 600.
 """
@@ -21,17 +24,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudpilot.domain.shutdown import ShutdownCode, shutdown_message
-from cloudpilot.pilot.assignment import Assignment, parse_assignment
+from cloudpilot.pilot.assignment import Assignment, parse_assignment, parse_halt
 from cloudpilot.pilot.config import PilotConfig
 from cloudpilot.pilot.errors import GaveUp, ProtocolError, RequestRejected, Stopped, TransportError
+from cloudpilot.pilot.features import FeatureSource
 from cloudpilot.pilot.heartbeat import heartbeat_interval
 from cloudpilot.pilot.jobrunner import JobEnd, JobRunner
 from cloudpilot.pilot.retry import with_retries
+from cloudpilot.pilot.site import SiteView
 from cloudpilot.pilot.transport import Transport
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_FILE = "shutdown_message"
+MACHINEFEATURES_DIR = "machinefeatures"  # the mirror of the machine features, in the workdir
 MIN_POLL_SECONDS = 0.5  # never ask more often than this, even if the server answers 204 at once
 SLOT_RECHECK_SECONDS = 0.5  # how often a loop waiting for a free core looks at its deadlines
 MAX_WAIT_SECONDS = 60.0  # the longest long poll the REST contract allows
@@ -59,8 +65,9 @@ class Registration:
 
 
 class Agent:
-    """One pilot. ``clock`` (monotonic seconds) and ``sleep`` (used between retries) are injectable for tests;
-    by default the sleep ends early when the pilot is stopped."""
+    """One pilot. ``clock`` (monotonic seconds), ``wall_clock`` (UNIX seconds, what shutdown times are given in)
+    and ``sleep`` (used between retries) are injectable for tests; by default the sleep ends early when the pilot
+    is stopped."""
 
     def __init__(
         self,
@@ -68,9 +75,10 @@ class Agent:
         config: PilotConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         sleep: Callable[[float], object] | None = None,
     ) -> None:
-        self.transport, self.config, self.clock = transport, config, clock
+        self.transport, self.config, self.clock, self.wall_clock = transport, config, clock, wall_clock
         self._stop = threading.Event()
         self.sleep: Callable[[float], object] = sleep or self._stop.wait
         self._cond = threading.Condition(threading.RLock())  # re-entrant: stop() may run in a signal handler
@@ -79,6 +87,13 @@ class Agent:
         self._used_memory = 0
         self._gave_up: str | None = None
         self._fatal: tuple[ShutdownCode, str] | None = None
+        self._leaving: tuple[ShutdownCode, str] | None = None  # a halt ordered by the server or a shutdown time
+        self.site = SiteView(
+            FeatureSource(config.machinefeatures),
+            FeatureSource(config.jobfeatures),
+            config.workdir / MACHINEFEATURES_DIR,
+        )
+        self._next_refresh = 0.0
         self._started = clock()
         self._idle_since = self._started
         self.registration: Registration | None = None
@@ -89,6 +104,8 @@ class Agent:
     def run(self) -> Shutdown:
         """Work until it is time to leave; then write the shutdown message, tell the server, and return it."""
         self.config.workdir.mkdir(parents=True, exist_ok=True)
+        self.site.load()
+        self._next_refresh = self.clock() + self.config.features_refresh
         try:
             self.registration = self._register()
         except GaveUp as exc:
@@ -110,6 +127,8 @@ class Agent:
             return self._finish(*self._fatal)
         if self._gave_up is not None:
             return self._finish(ShutdownCode.TRANSIENT_PROBLEM, self._gave_up)
+        if self._leaving is not None:
+            return self._finish(*self._leaving)
         code = ShutdownCode.WORK_COMPLETED if self.jobs_obtained else ShutdownCode.NO_MORE_WORK
         return self._finish(code)
 
@@ -148,6 +167,7 @@ class Agent:
 
     def _loop(self) -> None:
         while True:
+            self._refresh_features()
             with self._cond:
                 if self._time_to_leave():
                     return
@@ -170,19 +190,42 @@ class Agent:
             if self._stop.is_set():
                 return  # a job obtained just now is left to its lease's expiry
             if answer is None:
+                if self._nothing_before_shutdown():
+                    return
                 elapsed = self.clock() - asked
                 if elapsed < MIN_POLL_SECONDS:
                     self._stop.wait(MIN_POLL_SECONDS - elapsed)
                 continue
+            self._learn(answer)
             try:
+                halt = parse_halt(answer)
+                if halt is not None:
+                    log.info("the server orders this pilot to halt: %d %s", int(halt.code), halt.reason or "-")
+                    self._leaving = (halt.code, halt.reason)
+                    return
                 self._launch(parse_assignment(answer))
             except ProtocolError as exc:
                 self._fatal = self._refused("matching", exc)
                 return
 
+    def _nothing_before_shutdown(self) -> bool:
+        """After a match brought nothing: with a shutdown time known and no job running, time to leave."""
+        deadline = self.site.deadline()
+        with self._cond:
+            if deadline is None or self._runners:
+                return False
+            log.info("no job fits before the shutdown at %s; leaving", deadline.describe())
+            self._leaving = (ShutdownCode.SHUTDOWN_AS_REQUESTED, f"nothing to run before {deadline.describe()}")
+            return True
+
     def _time_to_leave(self) -> bool:
         """Whether to stop asking for work (called with the lock held)."""
         if self._stop.is_set() or self._fatal is not None or self._gave_up is not None:
+            return True
+        deadline = self.site.deadline()
+        if deadline is not None and deadline.at - self.wall_clock() < 1:
+            log.info("shutdown time %s reached; taking no more work", deadline.describe())
+            self._leaving = (ShutdownCode.SHUTDOWN_AS_REQUESTED, f"shutdown time {deadline.describe()} reached")
             return True
         now = self.clock()
         if self._lifetime_left(now) == 0:
@@ -199,6 +242,30 @@ class Agent:
             return None
         return max(0, int(self.config.lifetime - (now - self._started)))
 
+    def _seconds_left(self, now: float) -> int | None:
+        """What the offer's ``seconds_left`` says: the lifetime left, cut to the earliest shutdown time known."""
+        limits = [self._lifetime_left(now), self.site.seconds_left(self.wall_clock())]
+        known = [limit for limit in limits if limit is not None]
+        return int(min(known)) if known else None
+
+    def _refresh_features(self) -> None:
+        if self.clock() < self._next_refresh:
+            return
+        self._next_refresh = self.clock() + self.config.features_refresh
+        if self.site.refresh():
+            self._features_changed()
+
+    def _learn(self, answer: dict[str, Any]) -> None:
+        """A server's answer may carry the machine's ``shutdowntime`` (from any thread)."""
+        if self.site.learn(answer):
+            self._features_changed()
+
+    def _features_changed(self) -> None:
+        with self._cond:
+            runners = list(self._runners.values())
+        for runner in runners:
+            runner.refresh_features()
+
     def _offer(self) -> dict[str, Any] | None:
         """What to offer the matcher now, or ``None`` when no core (or no memory) is free."""
         cfg, reg = self.config, self.registration
@@ -211,7 +278,7 @@ class Agent:
         # Do not overshoot the idle timeout by a whole long poll (a running job may end any moment).
         idle = now - self._idle_since if not self._runners else 0.0
         wait = min(cfg.wait_seconds, cfg.idle_timeout - idle)
-        left = self._lifetime_left(now)
+        left = self._seconds_left(now)
         if left is not None:
             wait = min(wait, left)
         return {
@@ -235,12 +302,15 @@ class Agent:
             assignment,
             transport=self.transport,
             config=self.config,
+            site=self.site,
             heartbeat_every=heartbeat_interval(reg.heartbeat_seconds, lease_seconds),
             clock=self.clock,
+            wall_clock=self.wall_clock,
             sleep=self.sleep,
             stop=self._stop,
             on_cores_free=self._cores_free,
             on_end=self._ended,
+            on_answer=self._learn,
         )
         with self._cond:
             self._runners[job.label] = runner

@@ -1,10 +1,11 @@
-"""A job handed to this pilot by the matcher, and the lease it holds on it (the answer of ``/pilots/match``)."""
+"""What ``/pilots/match`` hands this pilot: a job and the lease it holds on it, or an order to halt."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
+from cloudpilot.domain.shutdown import ShutdownCode
 from cloudpilot.pilot.errors import ProtocolError
 
 
@@ -32,11 +33,21 @@ class JobOrder:
     cores: int = 1
     memory_mb: int | None = None
     wall_seconds: float | None = None
+    events: int | None = None  # the job's events, for a payload that checkpoints them (None: it does not)
+    first_event: int = 0  # the first event not finished by an earlier attempt
 
     @property
     def label(self) -> str:
         """``job-<id>-<attempt>``: the name of its working directory and its tag in the log."""
         return f"job-{self.id}-{self.attempt}"
+
+
+@dataclass(frozen=True)
+class HaltOrder:
+    """A match answered ``{"halt": {"code", "reason"}}``: take no more work and leave with that code."""
+
+    code: ShutdownCode
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -61,6 +72,8 @@ def parse_assignment(doc: dict[str, Any]) -> Assignment:
             cores=max(1, int(job.get("cores") or 1)),
             memory_mb=int(job["memory_mb"]) if job.get("memory_mb") else None,
             wall_seconds=float(job["wall_seconds"]) if job.get("wall_seconds") else None,
+            events=int(job["events"]) if job.get("events") is not None else None,
+            first_event=max(0, int(job.get("first_event") or 0)),
         )
         held = Lease(
             token=int(lease["token"]),
@@ -72,3 +85,16 @@ def parse_assignment(doc: dict[str, Any]) -> Assignment:
     if not order.executable:
         raise ProtocolError(f"job {order.id} has an empty executable")
     return Assignment(order, held)
+
+
+def parse_halt(doc: dict[str, Any]) -> HaltOrder | None:
+    """The halt order of a ``200`` match answer, ``None`` if it has none; :class:`ProtocolError` if it is garbled."""
+    halt = doc.get("halt")
+    if halt is None:
+        return None
+    try:
+        code = ShutdownCode(int(halt["code"]))
+        reason = str(halt.get("reason") or "")
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ProtocolError(f"a halt order without a shutdown code (100-700): {halt!r}") from exc
+    return HaltOrder(code, reason[:500])

@@ -43,6 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--give-up-seconds", type=_seconds, default=3600.0, metavar="S", help="retry an unreachable server this long"
     )
+    p.add_argument(
+        "--machinefeatures",
+        default=os.environ.get("MACHINEFEATURES") or None,
+        metavar="DIR|URL",
+        help="this machine's Machine Features (default: $MACHINEFEATURES)",
+    )
+    p.add_argument(
+        "--jobfeatures",
+        default=os.environ.get("JOBFEATURES") or None,
+        metavar="DIR|URL",
+        help="this machine's job slot's Job Features (default: $JOBFEATURES)",
+    )
+    p.add_argument(
+        "--features-refresh", type=_seconds, default=60.0, metavar="S", help="re-read shutdown times every S s"
+    )
     p.add_argument("--keep-job-dirs", action="store_true", help="keep each job's directory after it is delivered")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -75,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
             wait_seconds=args.wait_seconds,
             give_up_seconds=args.give_up_seconds,
             keep_job_dirs=args.keep_job_dirs,
+            machinefeatures=args.machinefeatures,
+            jobfeatures=args.jobfeatures,
+            features_refresh=args.features_refresh,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,6 +20,9 @@ class PilotConfig:
     ``give_up_seconds``: how long a call keeps being retried while the server is unreachable.
     ``kill_grace_seconds``: between SIGTERM and SIGKILL when a payload is stopped.
     ``keep_job_dirs``: keep ``workdir/job-<id>-<attempt>`` after the job is delivered (for debugging).
+    ``machinefeatures``, ``jobfeatures``: the Machine/Job Features bases (a directory or an http(s) URL) of this
+    machine and of its job slot, ``None`` where the site offers none.
+    ``features_refresh``: seconds between two readings of the features' dynamic keys (``shutdowntime``, …).
     """
 
     workdir: Path
@@ -34,6 +37,9 @@ class PilotConfig:
     give_up_seconds: float = 3600.0
     kill_grace_seconds: float = 5.0
     keep_job_dirs: bool = False
+    machinefeatures: str | None = None
+    jobfeatures: str | None = None
+    features_refresh: float = 60.0
     hostname: str = field(default_factory=socket.gethostname)
 
     def __post_init__(self) -> None:
@@ -43,7 +49,7 @@ class PilotConfig:
             raise ValueError(f"memory_mb must be at least 1, not {self.memory_mb}")
         if not 0 <= self.wait_seconds <= 60:
             raise ValueError(f"wait_seconds must be between 0 and 60, not {self.wait_seconds}")
-        for name in ("idle_timeout", "give_up_seconds", "kill_grace_seconds"):
+        for name in ("idle_timeout", "give_up_seconds", "kill_grace_seconds", "features_refresh"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
 

@@ -3,6 +3,8 @@
 It plays a small task queue (first-come first-served, jobs fit an offer by cores, memory and seconds left),
 records every call, and has failure switches: unreachable for the next N calls, a lost lease, a job killed by
 its owner, a refused call. Long polls really wait (up to ``wait_seconds``) and end as soon as a job is added.
+Like the server it can schedule a shutdown (``shutdowntime`` in match and heartbeat answers), order pilots to
+halt, and keep the event chunks of jobs with ``events``.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ class FakeJob:
     input_sandbox: str | None = None
     output_files: list[str] = field(default_factory=list)
     name: str = ""
+    events: int | None = None
     state: str = "waiting"
     attempt: int = 0
+    events_done: int = 0
 
     def as_order(self) -> dict[str, Any]:
         return {
@@ -50,7 +54,19 @@ class FakeJob:
             "memory_mb": self.memory_mb,
             "wall_seconds": self.wall_seconds,
             "attempt": self.attempt,
+            "events": self.events,
+            "first_event": self.events_done,
         }
+
+
+@dataclass(frozen=True)
+class EventChunk:
+    """One accepted ``upload_events``: the event range, the attempt that sent it, and the archive."""
+
+    first: int
+    last: int
+    attempt: int
+    data: bytes
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,9 @@ class FakeTransport:
         self.sandboxes: dict[str, bytes] = {}
         self.outputs: dict[int, bytes] = {}
         self.halts: list[dict[str, Any]] = []
+        self.event_chunks: dict[int, list[EventChunk]] = {}
+        self.shutdowntime: float | None = None  # a scheduled shutdown (UNIX time), told in answers
+        self.halt_order: dict[str, Any] | None = None
         self.calls: list[Call] = []
         self._unreachable = 0
         self._unreachable_methods: frozenset[str] | None = None
@@ -92,13 +111,14 @@ class FakeTransport:
         input_sandbox: str | None = None,
         output_files: Iterable[str] = (),
         name: str = "",
+        events: int | None = None,
     ) -> int:
         """Queue a job; its id. A waiting long poll that it fits gets it at once."""
         with self._cond:
             job_id = len(self.jobs) + 1
             self.jobs[job_id] = FakeJob(
                 job_id, executable, list(arguments), cores, memory_mb, wall_seconds,
-                dict(environment or {}), input_sandbox, list(output_files), name,
+                dict(environment or {}), input_sandbox, list(output_files), name, events,
             )  # fmt: skip
             self._cond.notify_all()
             return job_id
@@ -127,6 +147,23 @@ class FakeTransport:
         """As if the owner had killed the job: heartbeats answer ``kill``, reports get a 409."""
         with self._cond:
             self.jobs[job_id].state = "killed"
+
+    def requeue(self, job_id: int) -> None:
+        """As if the job's VM were lost: it waits again, and its next attempt starts at ``events_done``."""
+        with self._cond:
+            self.jobs[job_id].state = "waiting"
+            self._cond.notify_all()
+
+    def schedule_shutdown(self, at: float | None) -> None:
+        """Match and heartbeat answers say ``shutdowntime: at`` from now on (``None``: no shutdown)."""
+        with self._cond:
+            self.shutdowntime = at
+
+    def order_halt(self, code: int, reason: str) -> None:
+        """Every match from now on (a waiting long poll at once) answers ``{"halt": {"code", "reason"}}``."""
+        with self._cond:
+            self.halt_order = {"code": code, "reason": reason}
+            self._cond.notify_all()
 
     def reject(self, method: str, times: int = 1) -> None:
         """The next ``times`` calls of ``method`` get a 403 (:class:`RequestRejected`)."""
@@ -168,12 +205,14 @@ class FakeTransport:
         deadline = time.monotonic() + float(offer.get("wait_seconds") or 0)
         with self._cond:
             while True:
+                if self.halt_order is not None:
+                    return {"halt": dict(self.halt_order), "shutdowntime": self.shutdowntime}
                 job = next((j for j in self.jobs.values() if j.state == "waiting" and _fits(j, offer)), None)
                 if job is not None:
                     job.state, job.attempt = "matched", job.attempt + 1
                     expires = time.time() + self.lease_seconds
                     lease = {"token": job.attempt, "expires_at": expires, "seconds": self.lease_seconds}
-                    return {"job": job.as_order(), "lease": lease}
+                    return {"job": job.as_order(), "lease": lease, "shutdowntime": self.shutdowntime}
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -190,7 +229,9 @@ class FakeTransport:
     def heartbeat(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         job = self._job_call("heartbeat", job_id, body.get("lease_token"), {"body": body}, allow_killed=True)
         action = "kill" if job.state == "killed" else "continue"
-        return {"lease_expires_at": time.time() + self.lease_seconds, "action": action}
+        with self._cond:
+            shutdowntime = self.shutdowntime
+        return {"lease_expires_at": time.time() + self.lease_seconds, "action": action, "shutdowntime": shutdowntime}
 
     def upload_output(self, job_id: int, lease_token: int, archive: Path) -> dict[str, Any]:
         data = archive.read_bytes()
@@ -198,6 +239,21 @@ class FakeTransport:
         with self._cond:
             self.outputs[job_id] = data
         return {"id": f"sha256:out{job_id}", "size": len(data)}
+
+    def upload_events(self, job_id: int, lease_token: int, first: int, last: int, archive: Path) -> dict[str, Any]:
+        data = archive.read_bytes()
+        job = self.jobs.get(job_id)
+
+        def in_order() -> None:  # as the server: the chunk must start at the first event not yet done
+            if job is not None and (first != job.events_done or last < first):
+                raise LeaseLost(f"upload_events: job {job_id} expects event {job.events_done}, not {first}", status=409)
+
+        self._job_call("upload_events", job_id, lease_token, {"first": first, "last": last}, check=in_order)
+        assert job is not None
+        with self._cond:
+            self.event_chunks.setdefault(job_id, []).append(EventChunk(first, last, job.attempt, data))
+            job.events_done = last + 1
+            return {"events_done": job.events_done}
 
     def report(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         state = body.get("state")
@@ -239,17 +295,27 @@ class FakeTransport:
             self.calls.append(Call(method, args, time.monotonic()))
 
     def _job_call(
-        self, method: str, job_id: int, lease_token: Any, args: dict[str, Any], allow_killed: bool = False
+        self,
+        method: str,
+        job_id: int,
+        lease_token: Any,
+        args: dict[str, Any],
+        allow_killed: bool = False,
+        check: Callable[[], None] | None = None,
     ) -> FakeJob:
-        """Like a job call on the server: a 409 unless ``lease_token`` is the job's current, live lease."""
+        """Like a job call on the server: a 409 unless ``lease_token`` is the job's current, live lease (and
+        ``check`` passes)."""
         job = self.jobs.get(job_id)
+        also = check
 
-        def check() -> None:
+        def check_lease() -> None:
             live = ("matched", "running", "killed") if allow_killed else ("matched", "running")
             if job is None or lease_token != job.attempt or job.state not in live:
                 raise LeaseLost(f"{method}: job {job_id} is not held with lease {lease_token}", status=409)
+            if also is not None:
+                also()
 
-        self._enter(method, {"job_id": job_id, **args}, check)
+        self._enter(method, {"job_id": job_id, **args}, check_lease)
         assert job is not None
         return job
 

@@ -28,7 +28,8 @@ class Heartbeater:
 
     ``status()`` gives the body's ``cpu_seconds``, ``max_rss_bytes`` and ``progress``. When the server answers
     ``kill``, or the lease turns out lost, or the beat is refused, ``on_abort(reason)`` is called once and
-    the beats end. An unreachable server is only logged: the next beat may get through before the lease ends.
+    the beats end. Every answer goes to ``on_answer`` (it may carry the machine's ``shutdowntime``). An
+    unreachable server is only logged: the next beat may get through before the lease ends.
     """
 
     def __init__(
@@ -40,9 +41,10 @@ class Heartbeater:
         status: Callable[[], dict[str, Any]],
         on_abort: Callable[[str], None],
         label: str = "",
+        on_answer: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         self.transport, self.job_id, self.lease_token = transport, job_id, lease_token
-        self.interval, self.status, self.on_abort = interval, status, on_abort
+        self.interval, self.status, self.on_abort, self.on_answer = interval, status, on_abort, on_answer
         self.label = label or f"job {job_id}"
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._loop, name=f"heartbeat-{job_id}", daemon=True)
@@ -82,6 +84,8 @@ class Heartbeater:
         if error is not None:  # unreachable, or a garbled answer: the next beat may do better
             log.warning("%s: heartbeat failed: %s", self.label, error)
             return None
+        if self.on_answer is not None:
+            self.on_answer(answer)
         if answer.get("action") == "kill":
             log.info("%s: killed by its owner; stopping it", self.label)
             return "killed by the user"

@@ -1,4 +1,9 @@
-"""One job on this pilot, from its lease to its report: input, payload, heartbeats, output, report.
+"""One job on this pilot, from its lease to its report: input, payload, heartbeats, event chunks, output, report.
+
+The payload runs in its own directory with its own ``$JOBFEATURES`` (``.jobfeatures/`` there) and the pilot's
+mirror of the machine features as ``$MACHINEFEATURES``. For a job with ``events`` it also gets a checkpoint
+file, which :class:`~cloudpilot.pilot.events.EventUploader` watches; the final output then holds only what no
+event chunk carried already (and ``job.log``).
 
 Each job runs in a thread of its own. Results are kept (in the job directory and the thread) until they are
 delivered: while the server is unreachable every call is retried with backoff for ``give_up_seconds``. A 409
@@ -14,15 +19,19 @@ import os
 import shutil
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from cloudpilot.pilot.assignment import Assignment
 from cloudpilot.pilot.config import PilotConfig
 from cloudpilot.pilot.errors import GaveUp, LeaseLost, ProtocolError, RequestRejected, Stopped, UnsafeArchive
+from cloudpilot.pilot.events import EventUploader
+from cloudpilot.pilot.features import write_features
 from cloudpilot.pilot.heartbeat import Heartbeater
 from cloudpilot.pilot.payload import Outcome, Payload, Usage, supervise
 from cloudpilot.pilot.retry import with_retries
 from cloudpilot.pilot.sandbox import JOB_LOG, extract_safely, pack_outputs
+from cloudpilot.pilot.site import SiteView
 from cloudpilot.pilot.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -30,6 +39,10 @@ T = TypeVar("T")
 
 # Variables of the pilot that a payload must not inherit.
 PRIVATE_ENV = ("CLOUDPILOT_TOKEN",)
+# What the pilot keeps in a job's directory for its payload; never part of the outputs.
+JOBFEATURES_DIR = ".jobfeatures"
+CHECKPOINT_FILE = ".cloudpilot-checkpoint"
+PILOT_FILES = frozenset({JOBFEATURES_DIR, CHECKPOINT_FILE})
 
 
 class JobEnd(enum.Enum):
@@ -56,29 +69,40 @@ class JobRunner:
         *,
         transport: Transport,
         config: PilotConfig,
+        site: SiteView,
         heartbeat_every: float,
         clock: Callable[[], float],
+        wall_clock: Callable[[], float],
         sleep: Callable[[float], object],
         stop: threading.Event,
         on_cores_free: Callable[[JobRunner], None],
         on_end: Callable[[JobRunner], None],
+        on_answer: Callable[[dict[str, Any]], object] | None = None,
     ) -> None:
         self.job, self.lease = assignment.job, assignment.lease
-        self.transport, self.config = transport, config
-        self.clock, self.sleep, self.stop_all = clock, sleep, stop
+        self.transport, self.config, self.site = transport, config, site
+        self.clock, self.wall_clock, self.sleep, self.stop_all = clock, wall_clock, sleep, stop
         self.on_cores_free, self.on_end = on_cores_free, on_end
         self.job_dir = config.workdir / self.job.label
+        self.jobfeatures_dir = self.job_dir / JOBFEATURES_DIR
+        self.checkpoint_file = self.job_dir / CHECKPOINT_FILE
         self.progress_file = config.workdir / f"{self.job.label}.progress"
         self.archive = config.workdir / f"{self.job.label}.output.tar.gz"
+        self.events_archive = config.workdir / f"{self.job.label}.events.tar.gz"
         self.end: JobEnd | None = None
         self.abort_reason: str | None = None
         self._abort = threading.Event()
         self._payload: Payload | None = None
         self._outcome: Outcome | None = None
         self._cores_freed = False
+        self._events: EventUploader | None = None
+        self._started_at: float | None = None  # UNIX time the payload started
+        self._features_lock = threading.Lock()
+        self._features_live = False  # the payload runs: its job features may be rewritten
         self._heartbeat = Heartbeater(
-            transport, self.job.id, self.lease.token, heartbeat_every, self._status, self.abort, self.job.label
-        )
+            transport, self.job.id, self.lease.token, heartbeat_every, self._status, self.abort, self.job.label,
+            on_answer=on_answer,
+        )  # fmt: skip
         self._thread = threading.Thread(target=self._main, name=self.job.label, daemon=True)
 
     # --- control from the agent -----------------------------------------------------------------------------
@@ -91,6 +115,16 @@ class JobRunner:
         if self.abort_reason is None:
             self.abort_reason = reason
         self._abort.set()
+
+    def refresh_features(self) -> None:
+        """Rewrite the payload's job features (the shutdown time may have moved), while the payload runs."""
+        with self._features_lock:
+            if not self._features_live:
+                return
+            try:
+                write_features(self.jobfeatures_dir, self._job_features())
+            except OSError as exc:
+                log.error("%s: cannot update its job features: %s", self.job.label, exc)
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
@@ -122,6 +156,8 @@ class JobRunner:
         finally:
             self._abort.set()  # a payload still running is stopped below
             self._heartbeat.stop()
+            if self._events is not None:
+                self._events.stop(wait=False)
             if self._payload is not None and self._payload.poll() is None:
                 self._payload.stop(self.config.kill_grace_seconds)
             self._free_cores()
@@ -145,9 +181,18 @@ class JobRunner:
         self._report({"state": "running"})
         outcome = self._outcome = self._execute()
         self._free_cores()
+        events = self._events
+        if events is not None:
+            events.stop()
+            if events.error is not None:
+                raise events.error
         if outcome.aborted:
             raise _Aborted
-        names = pack_outputs(self.job_dir, job.output_files, self.archive)
+        keep = None
+        if events is not None:
+            events.flush(final=True)  # the last events, before the output that the server takes as the end
+            keep = lambda name, path: not events.already_sent(name, path)  # noqa: E731
+        names = pack_outputs(self.job_dir, job.output_files, self.archive, exclude=PILOT_FILES, keep=keep)
         log.info("%s: %s; uploading %s", job.label, outcome.reason or "exit code 0", ", ".join(names) or "nothing")
         self._deliver("upload the output", lambda: self.transport.upload_output(job.id, token, self.archive))
         usage = outcome.usage
@@ -184,6 +229,10 @@ class JobRunner:
     def _execute(self) -> Outcome:
         job = self.job
         log_path = self.job_dir / JOB_LOG
+        with self._features_lock:
+            self._started_at = self.wall_clock()
+            write_features(self.jobfeatures_dir, self._job_features())
+            self._features_live = True
         try:
             payload = self._payload = Payload.start(
                 [self._executable(), *job.arguments],
@@ -193,15 +242,59 @@ class JobRunner:
                 progress_file=self.progress_file,
             )
         except OSError as exc:
+            with self._features_lock:
+                self._features_live = False
             with open(log_path, "a") as f:
                 f.write(f"cloudpilot: cannot start {job.executable!r}: {exc}\n")
             return Outcome(None, start_error=str(exc))
-        return supervise(
-            payload,
+        if job.events is not None:
+            self._events = self._event_uploader()
+            self._events.start()
+        try:
+            return supervise(
+                payload,
+                wall_seconds=job.wall_seconds,
+                abort=self._abort,
+                grace=self.config.kill_grace_seconds,
+                clock=self.clock,
+            )
+        finally:
+            with self._features_lock:
+                self._features_live = False
+
+    def _job_features(self) -> dict[str, str | None]:
+        job, cfg = self.job, self.config
+        memory_mb = job.memory_mb
+        if memory_mb is None and cfg.memory_mb is not None:
+            memory_mb = cfg.memory_mb * job.cores // cfg.cores  # its cores' share, as the agent reserves it
+        assert self._started_at is not None
+        return self.site.job_features(
+            job_id=job.id,
+            cores=job.cores,
             wall_seconds=job.wall_seconds,
-            abort=self._abort,
-            grace=self.config.kill_grace_seconds,
-            clock=self.clock,
+            memory_bytes=None if memory_mb is None else memory_mb * 1024 * 1024,
+            started=self._started_at,
+        )
+
+    def _event_uploader(self) -> EventUploader:
+        job, token = self.job, self.lease.token
+
+        def upload(first: int, last: int, archive: Path) -> object:
+            call = lambda: self.transport.upload_events(job.id, token, first, last, archive)  # noqa: E731
+            return self._deliver(f"upload events {first}-{last}", call)
+
+        return EventUploader(
+            job_dir=self.job_dir,
+            patterns=job.output_files,
+            exclude=PILOT_FILES,
+            checkpoint=self.checkpoint_file,
+            first_event=job.first_event,
+            events=job.events,
+            archive=self.events_archive,
+            upload=upload,
+            aborted=self._abort.is_set,
+            on_error=self.abort,
+            label=job.label,
         )
 
     def _executable(self) -> str:
@@ -216,6 +309,12 @@ class JobRunner:
         env["CLOUDPILOT_JOB_ID"] = str(self.job.id)
         env["CLOUDPILOT_PROGRESS_FILE"] = str(self.progress_file)
         env["CLOUDPILOT_CORES"] = str(self.job.cores)
+        env["JOBFEATURES"] = str(self.jobfeatures_dir)
+        env["MACHINEFEATURES"] = str(self.site.mirror_dir)
+        if self.job.events is not None:
+            env["CLOUDPILOT_EVENTS"] = str(self.job.events)
+            env["CLOUDPILOT_FIRST_EVENT"] = str(self.job.first_event)
+            env["CLOUDPILOT_CHECKPOINT_FILE"] = str(self.checkpoint_file)
         return env
 
     # --- talking to the server -------------------------------------------------------------------------------
@@ -261,7 +360,7 @@ class JobRunner:
             self.on_cores_free(self)
 
     def _clean_up(self) -> None:
-        for path in (self.archive, self.progress_file):
+        for path in (self.archive, self.events_archive, self.progress_file):
             path.unlink(missing_ok=True)
         if not self.config.keep_job_dirs:
             shutil.rmtree(self.job_dir, ignore_errors=True)

@@ -13,7 +13,7 @@ import posixpath
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from pathlib import Path, PurePosixPath
 
 from cloudpilot.pilot.errors import UnsafeArchive
@@ -115,11 +115,12 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -
 # --- output ----------------------------------------------------------------------------------------------------
 
 
-def pack_outputs(job_dir: Path, patterns: Sequence[str], archive: Path) -> list[str]:
-    """Write a gzipped tar of the files matching ``patterns`` (globs relative to ``job_dir``) plus ``job.log``.
+def collect_outputs(job_dir: Path, patterns: Sequence[str], *, exclude: Container[str] = ()) -> dict[str, Path]:
+    """The files matching ``patterns`` (globs relative to ``job_dir``): their names in an archive, and real paths.
 
-    Returns the names packed. Patterns that are absolute or contain ``..`` are ignored; directories are packed
-    with their files; a symlink is packed as the file it points to, and only if that stays inside ``job_dir``.
+    Patterns that are absolute or contain ``..`` are ignored; directories stand for their files; a symlink stands
+    for the file it points to, and only if that stays inside ``job_dir``. A name whose first part is in
+    ``exclude`` (files the pilot itself keeps in the job directory) is left out.
     """
     root = job_dir.resolve()
     names: dict[str, Path] = {}
@@ -131,15 +132,35 @@ def pack_outputs(job_dir: Path, patterns: Sequence[str], archive: Path) -> list[
         for match in sorted(root.glob(pattern)):
             for path in _files_under(match):
                 real = path.resolve()
-                if _inside(root, real) and real.is_file():
-                    names.setdefault(path.relative_to(root).as_posix(), real)
-    log_file = root / JOB_LOG
+                name = path.relative_to(root).as_posix()
+                if _inside(root, real) and real.is_file() and name.split("/", 1)[0] not in exclude:
+                    names.setdefault(name, real)
+    return names
+
+
+def pack_outputs(
+    job_dir: Path,
+    patterns: Sequence[str],
+    archive: Path,
+    *,
+    exclude: Container[str] = (),
+    keep: Callable[[str, Path], bool] | None = None,
+) -> list[str]:
+    """Write a gzipped tar of the files :func:`collect_outputs` finds (those ``keep(name, path)`` accepts, if
+    given) plus ``job.log``; the names packed."""
+    names = {n: p for n, p in collect_outputs(job_dir, patterns, exclude=exclude).items() if keep is None or keep(n, p)}
+    log_file = job_dir.resolve() / JOB_LOG
     if log_file.is_file() and not log_file.is_symlink():
         names[JOB_LOG] = log_file
-    with tarfile.open(archive, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
-        for name in sorted(names):
-            tar.add(names[name], arcname=name, recursive=False)
+    write_archive(names, archive)
     return sorted(names)
+
+
+def write_archive(files: Mapping[str, Path], archive: Path) -> None:
+    """A gzipped tar of ``files`` (name in the archive -> file on disk)."""
+    with tarfile.open(archive, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            tar.add(files[name], arcname=name, recursive=False)
 
 
 def _files_under(path: Path) -> Iterator[Path]:

@@ -32,7 +32,8 @@ class Transport(Protocol):
         ...
 
     def match(self, offer: dict[str, Any]) -> dict[str, Any] | None:
-        """``POST /pilots/match`` (a long poll of ``offer["wait_seconds"]``): ``{"job", "lease"}`` or ``None``."""
+        """``POST /pilots/match`` (a long poll of ``offer["wait_seconds"]``): ``None`` (no job), else
+        ``{"job", "lease", "shutdowntime"?}`` or ``{"halt": {"code", "reason"}}``."""
         ...
 
     def download_input(self, job_id: int, lease_token: int, dest: Path) -> None:
@@ -40,11 +41,16 @@ class Transport(Protocol):
         ...
 
     def heartbeat(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /jobs/{id}/heartbeat``: ``{"lease_expires_at", "action"}``."""
+        """``POST /jobs/{id}/heartbeat``: ``{"lease_expires_at", "action", "shutdowntime"?}``."""
         ...
 
     def upload_output(self, job_id: int, lease_token: int, archive: Path) -> dict[str, Any]:
         """``PUT /jobs/{id}/output``: send the output sandbox read from ``archive``."""
+        ...
+
+    def upload_events(self, job_id: int, lease_token: int, first: int, last: int, archive: Path) -> dict[str, Any]:
+        """``PUT /jobs/{id}/events?first=F&last=L``: the outputs of events F..L (a gzipped tar);
+        ``{"events_done": L + 1}``. A 409 if the lease is lost or F is not the next event the server expects."""
         ...
 
     def report(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
@@ -99,11 +105,11 @@ class HttpTransport:
         return self._json("POST", f"/jobs/{job_id}/heartbeat", body, job_call=True)
 
     def upload_output(self, job_id: int, lease_token: int, archive: Path) -> dict[str, Any]:
-        path = f"/jobs/{job_id}/output?lease_token={lease_token}"
-        with archive.open("rb") as data:
-            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(archive.stat().st_size)}
-            _, body = self._call("PUT", path, data=data, headers=headers, job_call=True)
-        return _load(body, path) if body else {}
+        return self._put_file(f"/jobs/{job_id}/output?lease_token={lease_token}", archive)
+
+    def upload_events(self, job_id: int, lease_token: int, first: int, last: int, archive: Path) -> dict[str, Any]:
+        query = urllib.parse.urlencode({"lease_token": lease_token, "first": first, "last": last})
+        return self._put_file(f"/jobs/{job_id}/events?{query}", archive)
 
     def report(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
         return self._json("POST", f"/jobs/{job_id}/report", body, job_call=True)
@@ -116,6 +122,12 @@ class HttpTransport:
 
     def _json(self, method: str, path: str, doc: dict[str, Any], *, job_call: bool = False) -> dict[str, Any]:
         _, body = self._call(method, path, data=_dump(doc), job_call=job_call)
+        return _load(body, path) if body else {}
+
+    def _put_file(self, path: str, archive: Path) -> dict[str, Any]:
+        with archive.open("rb") as data:
+            headers = {"Content-Type": "application/octet-stream", "Content-Length": str(archive.stat().st_size)}
+            _, body = self._call("PUT", path, data=data, headers=headers, job_call=True)
         return _load(body, path) if body else {}
 
     def _call(

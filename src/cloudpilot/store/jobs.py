@@ -542,7 +542,7 @@ class JobRepository:
             rows = conn.execute(
                 select(event_chunks).where(event_chunks.c.job_id == job_id).order_by(event_chunks.c.first_event)
             ).mappings()
-            return [dict(r) for r in rows]
+            return [{str(k): v for k, v in r.items()} for r in rows]  # keys are quoted_name, not str
 
     @staticmethod
     def _record_usage(conn: Connection, job: Job, now: float, half_life: float) -> None:

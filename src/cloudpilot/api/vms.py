@@ -55,7 +55,7 @@ def stop_vm(vm_id: str, principal: PrincipalDep, services: ServicesDep) -> Respo
 
 @router.get("/clouds", summary="Configured clouds with their VMs per state")
 def list_clouds(principal: PrincipalDep, services: ServicesDep) -> Response:
-    require(principal, Role.ADMIN, Role.USER)
+    require(principal, Role.ADMIN, Role.USER, Role.SITE)
     counts: dict[str, Counter[str]] = {name: Counter() for name in services.config.clouds}
     for vm in services.vms.list(states={s for s in VMState if not s.is_final}):
         counts.setdefault(vm.cloud, Counter())[vm.state.value] += 1

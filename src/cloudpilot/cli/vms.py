@@ -78,13 +78,14 @@ def vms_table(found: list[dict[str, Any]], title: str | None = None) -> Table:
     """The table ``cloudpilot vms`` prints (the demo shows it too when VMs are left)."""
     now = time.time()
     table = Table(
-        "id", "cloud", "vo", "flavor", "state", "cores", "jobs run", "created", "terminated", "why it ended",
+        "id", "cloud", "site", "vo", "flavor", "state", "cores", "jobs run", "created", "terminated", "why it ended",
         title=title or f"{len(found)} VMs",
     )  # fmt: skip
     for vm in found:
         table.add_row(
             escape(vm["id"]),
             escape(vm["cloud"]),
+            escape(text(vm.get("site"))),
             escape(vm["vo"]),
             escape(vm["flavor"]),
             styled_state(vm["state"]),
@@ -123,6 +124,7 @@ def vm_show(
     rows = [
         ("id", escape(found["id"])),
         ("cloud", escape(found["cloud"])),
+        ("site", escape(text(found.get("site")))),
         ("instance", escape(text(found["instance_id"]))),
         ("vo", escape(found["vo"])),
         ("flavor", escape(f"{found['flavor']} ({found['cores']} cores, {found['memory_mb']} MB)")),
@@ -133,6 +135,8 @@ def vm_show(
         ("last seen", when(found["last_seen_at"])),
         ("idle since", when(found["idle_since"])),
         ("expires", when(found["expires_at"])),
+        ("shutdown deadline", when(found.get("shutdown_deadline"))),
+        ("site policy", escape(text(found.get("permission")))),
         ("terminated", when(found["terminated_at"])),
         ("why it ended", end_reason(found)),
     ]

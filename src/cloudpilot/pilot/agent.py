@@ -209,8 +209,9 @@ class Agent:
                 return
 
     def _nothing_before_shutdown(self) -> bool:
-        """After a match brought nothing: with a shutdown time known and no job running, time to leave."""
-        deadline = self.site.deadline()
+        """After a match brought nothing: with a shutdown of the machine scheduled and no job running, time to
+        leave. The slot's own end (``shutdowntime_job``: the VM's lifetime) only bounds what it takes."""
+        deadline = self.site.machine_deadline()
         with self._cond:
             if deadline is None or self._runners:
                 return False

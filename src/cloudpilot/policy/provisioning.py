@@ -1,16 +1,25 @@
-"""Which VMs to start and stop, from the task queue and the clouds' state. Pure: no I/O, no clock.
+"""Which VMs to start, stop and drain, from the task queue and the clouds' state. Pure: no I/O, no clock.
 
-One decision, in order:
-1. running VMs idle for ``idle_seconds`` are stopped;
-2. work classes are served VO by VO, the VO furthest below its share first, bigger classes first;
-3. a class first takes free slots of its VO's VMs on clouds that suit it (booting VMs count: their
-   cores are supply, so the same jobs never start VMs twice), then new VMs: on the suitable clouds in
-   ``cloud_order``, with the flavor that wastes least, as many as the remaining jobs need, cut to the
-   cloud's quota (VMs, cores, memory), its start rate, the VO's share of the cloud when other VOs want it
-   too, and to VMs with at least ``min_work_seconds_per_core`` of estimated work per core;
-4. cores a new VM leaves free are offered to the VO's next classes.
+One decision, in order (docs/provisioning.md, "The policy"):
+1. running VMs idle for ``idle_seconds`` are stopped (not on vacuum clouds: their pilots leave by themselves);
+2. capacity: a cloud with more live VMs than ``max_vms`` drains the excess, idle ones first, then the
+   youngest (:mod:`cloudpilot.policy.capacity`); stopped and draining VMs are no supply from here on;
+3. work classes are served VO by VO, the VO furthest below its share first, bigger classes first: each first
+   takes free slots of its VO's VMs on clouds that suit it (booting VMs and vacuum clouds' VMs count: their
+   cores are supply, so the same jobs never start VMs twice);
+4. pledges (:mod:`cloudpilot.policy.pledges`): at a site where a pledged VO still waits below its pledge,
+   every other VO may only grow up to its own pledge there;
+5. the rest of each class starts new VMs: on the suitable demand clouds without a pending shutdown, in
+   ``cloud_order``, with the flavor that wastes least, as many as the remaining jobs need, cut to the cloud's
+   quota (VMs, cores, memory), its start rate, the pledge caps of its site — or, at a site without pledges,
+   the VO's share of the cloud when other VOs want it too — and to VMs with at least
+   ``min_work_seconds_per_core`` of estimated work per core; cores a new VM leaves free are offered to the
+   VO's next classes;
+6. reclaim: a pledged VO still short at its site because the site's clouds are full gets the cores of VOs
+   above their pledge drained, just enough (:func:`cloudpilot.policy.pledges.reclaim`);
+7. vacuum clouds start VMs by target share, with a back-off per VO (:mod:`cloudpilot.policy.vacuum`).
 A cloud within its back-off after boot failures (``backoff_initial_seconds`` doubling per failure in a row
-up to ``backoff_max_seconds``) starts nothing.
+up to ``backoff_max_seconds``), or with a pending shutdown, starts nothing.
 """
 
 from __future__ import annotations
@@ -21,8 +30,10 @@ from dataclasses import dataclass
 
 from cloudpilot.domain.provisioning import (
     Action,
+    CloudMode,
     CloudOrder,
     CloudView,
+    DrainVM,
     ProvisioningKnobs,
     ProvisioningSnapshot,
     StartVMs,
@@ -30,8 +41,12 @@ from cloudpilot.domain.provisioning import (
     WorkClass,
 )
 from cloudpilot.domain.vms import SUPPLY_STATES, Flavor, VMState
+from cloudpilot.policy.budget import INF, Budget, jobs_per_vm, quota_budget, suits
+from cloudpilot.policy.capacity import capacity_drains
+from cloudpilot.policy.pledges import SitePledges, growth_caps, reclaim, site_pledges
+from cloudpilot.policy.vacuum import vacuum_starts
 
-INF = math.inf
+__all__ = ["backoff_until", "best_flavor", "decide", "suits"]
 
 
 def backoff_until(cloud: CloudView, knobs: ProvisioningKnobs) -> float | None:
@@ -42,29 +57,12 @@ def backoff_until(cloud: CloudView, knobs: ProvisioningKnobs) -> float | None:
     return cloud.last_boot_failure_at + min(delay, knobs.backoff_max_seconds)
 
 
-def suits(cloud: CloudView, wc: WorkClass) -> bool:
-    """Whether VMs of this cloud may run the class's jobs at all (VO image, tags, site, a big enough flavor)."""
-    if cloud.vos is not None and wc.vo not in cloud.vos:
-        return False
-    if not wc.tags <= cloud.tags:
-        return False
-    if cloud.site in wc.sites_deny or (wc.sites_allow and cloud.site not in wc.sites_allow):
-        return False
-    return any(_jobs_per_vm(f, wc) > 0 for f in cloud.flavors)
-
-
-def _jobs_per_vm(flavor: Flavor, wc: WorkClass) -> int:
-    by_cores = flavor.cores // wc.cores
-    by_memory = by_cores if wc.memory_mb is None else flavor.memory_mb // wc.memory_mb
-    return min(by_cores, by_memory)
-
-
 def best_flavor(flavors: tuple[Flavor, ...], wc: WorkClass, jobs: int) -> tuple[Flavor, int] | None:
     """The flavor wasting the smallest share of its cores for ``jobs`` jobs of the class, and how many of those
     jobs one VM of it takes. Ties go to fewer VMs (fewer boots, less of the start rate), then the name."""
     best: tuple[tuple[float, int, str], Flavor, int] | None = None
     for flavor in flavors:
-        per_vm = _jobs_per_vm(flavor, wc)
+        per_vm = jobs_per_vm(flavor, wc)
         if per_vm <= 0:
             continue
         vms = math.ceil(jobs / per_vm)
@@ -81,66 +79,96 @@ class _Slot:
     memory_mb: float
 
 
-@dataclass
-class _Budget:
-    """What a cloud can still take in this decision."""
-
-    vms: float
-    cores: float
-    memory_mb: float
-    starts: float
-    vo_cores: dict[str, float]
-
-    def vms_allowed(self, flavor: Flavor, vo: str) -> int:
-        limit = min(
-            self.vms,
-            self.starts,
-            self.cores / flavor.cores,
-            self.memory_mb / flavor.memory_mb,
-            self.vo_cores.get(vo, INF) / flavor.cores,
-        )
-        return max(0, int(limit)) if limit != INF else 1 << 30
-
-    def take(self, flavor: Flavor, vo: str, count: int) -> None:
-        self.vms -= count
-        self.starts -= count
-        self.cores -= count * flavor.cores
-        self.memory_mb -= count * flavor.memory_mb
-        if vo in self.vo_cores:
-            self.vo_cores[vo] -= count * flavor.cores
-
-
 def decide(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float) -> list[Action]:
-    """The actions for this cycle: VMs to stop, then VMs to start (grouped per cloud, VO and flavor)."""
-    actions: list[Action] = [*_idle_stops(snapshot, knobs, now)]
-    stopping = {a.vm_id for a in actions if isinstance(a, StopVM)}
-    clouds = _ordered_clouds(snapshot.clouds, knobs, now)
-    budgets = {c.name: _budget(c, snapshot) for c in snapshot.clouds}
-    supply = _supply(snapshot.clouds, stopping)
-    starts: dict[tuple[str, str, str], int] = defaultdict(int)
+    """The actions for this cycle: VMs to stop, VMs to drain, then VMs to start (grouped per cloud, VO and
+    flavor; demand starts first, then vacuum starts)."""
+    stops = _idle_stops(snapshot, knobs, now)
+    gone = {a.vm_id for a in stops}  # stopped or drained in this decision: no supply, not held
+    drains: list[DrainVM] = capacity_drains(snapshot.clouds, gone)
+    gone.update(d.vm_id for d in drains)
 
-    for wc in _ordered_work(snapshot):
+    clouds = _ordered_clouds(snapshot.clouds, knobs, now)
+    pledged_sites = {site for site, pledges in snapshot.pledges.items() if pledges}
+    budgets = {c.name: _budget(c, snapshot, c.site in pledged_sites) for c in snapshot.clouds}
+    supply = _supply(snapshot.clouds, gone)
+
+    # Free slots first, for every class, so "waiting" (for pledges) means work no slot will take.
+    work = _ordered_work(snapshot)
+    suitable = [[c for c in clouds if suits(c, wc)] for wc in work]
+    left = []
+    for wc, where in zip(work, suitable, strict=True):
         remaining = wc.waiting
-        suitable = [c for c in clouds if suits(c, wc)]
-        for cloud in suitable:  # free slots first, including those of booting VMs
+        for cloud in where:
             remaining = _fill_slots(supply[(cloud.name, wc.vo)], wc, remaining)
-        for cloud in suitable:
+        left.append(remaining)
+
+    sites = site_pledges(snapshot, gone, list(zip(work, left, strict=True)))
+    vos = {wc.vo for wc in work}
+    for sp in sites.values():
+        caps = growth_caps(sp, vos)
+        for cloud in sp.clouds:
+            budgets[cloud.name].site_cores = caps  # shared: the cap holds over all the site's clouds
+
+    # New VMs; the free cores they leave (``fresh``) serve the VO's next classes.
+    fresh: dict[tuple[str, str], list[_Slot]] = defaultdict(list)
+    starts: dict[tuple[str, str, str], int] = defaultdict(int)
+    for i, (wc, where) in enumerate(zip(work, suitable, strict=True)):
+        remaining = left[i]
+        for cloud in where:
+            remaining = _fill_slots(fresh[(cloud.name, wc.vo)], wc, remaining)
+        for cloud in where:
             if remaining <= 0:
                 break
-            if cloud.name not in budgets or _backed_off(cloud, knobs, now):
+            if cloud.mode is not CloudMode.DEMAND or not _may_start(cloud, knobs, now):
                 continue
-            remaining = _start_for(cloud, wc, remaining, budgets[cloud.name], supply, starts, knobs)
+            remaining = _start_for(cloud, wc, remaining, budgets[cloud.name], fresh, starts, knobs)
+        left[i] = remaining
 
-    for (cloud, vo, flavor), count in sorted(starts.items()):
-        actions.append(StartVMs(cloud, vo, flavor, count, f"{count} VM(s) for waiting {vo} jobs"))
+    if sites:
+        drains.extend(_reclaim(snapshot, sites, work, left, starts, budgets, gone, knobs))
+
+    actions: list[Action] = [*stops, *drains]
+    for (cloud_name, vo, flavor), count in sorted(starts.items()):
+        actions.append(StartVMs(cloud_name, vo, flavor, count, f"{count} VM(s) for waiting {vo} jobs"))
+    for cloud in clouds:
+        if cloud.mode is CloudMode.VACUUM and _may_start(cloud, knobs, now):
+            actions.extend(vacuum_starts(cloud, snapshot, budgets[cloud.name], gone, now))
     return actions
+
+
+def _may_start(cloud: CloudView, knobs: ProvisioningKnobs, now: float) -> bool:
+    return not cloud.shutdown_pending and not _backed_off(cloud, knobs, now)
+
+
+def _reclaim(
+    snapshot: ProvisioningSnapshot,
+    sites: dict[str, SitePledges],
+    work: list[WorkClass],
+    left: list[int],
+    starts: dict[tuple[str, str, str], int],
+    budgets: dict[str, Budget],
+    gone: set[str],
+    knobs: ProvisioningKnobs,
+) -> list[DrainVM]:
+    by_name = {c.name: c for c in snapshot.clouds}
+    new_cores: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # site -> VO -> cores
+    for (cloud_name, vo, flavor_name), count in starts.items():
+        cloud = by_name[cloud_name]
+        if cloud.site in sites:
+            cores = next(f.cores for f in cloud.flavors if f.name == flavor_name)
+            new_cores[cloud.site][vo] += count * cores
+    unplaced = [(wc, n) for wc, n in zip(work, left, strict=True) if n > 0]
+    drains: list[DrainVM] = []
+    for site in sorted(sites):
+        drains.extend(reclaim(sites[site], unplaced, new_cores[site], budgets, gone, knobs.min_work_seconds_per_core))
+    return drains
 
 
 def _start_for(
     cloud: CloudView,
     wc: WorkClass,
     remaining: int,
-    budget: _Budget,
+    budget: Budget,
     supply: dict[tuple[str, str], list[_Slot]],
     starts: dict[tuple[str, str, str], int],
     knobs: ProvisioningKnobs,
@@ -187,6 +215,8 @@ def _fill_slots(slots: list[_Slot], wc: WorkClass, remaining: int) -> int:
 def _idle_stops(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float) -> list[StopVM]:
     stops = []
     for cloud in snapshot.clouds:
+        if cloud.mode is CloudMode.VACUUM:
+            continue  # a vacuum VM's pilot leaves by itself when its VO has nothing for it
         for vm in cloud.vms:
             if vm.state is VMState.RUNNING and vm.idle_since is not None and now - vm.idle_since >= knobs.idle_seconds:
                 stops.append(StopVM(vm.id, f"idle for {now - vm.idle_since:.0f} s (policy.idle_seconds)"))
@@ -204,34 +234,30 @@ def _ordered_clouds(clouds: tuple[CloudView, ...], knobs: ProvisioningKnobs, now
     return sorted(clouds, key=lambda c: (-c.priority, c.price_per_core_hour, c.name))
 
 
-def _held(cloud: CloudView) -> tuple[int, int, int, dict[str, int]]:
-    """VMs, cores, memory and cores per VO that the cloud's instances hold (every VM not yet destroyed)."""
-    live = [vm for vm in cloud.vms if vm.state is not VMState.DESTROYED]
+def _held(cloud: CloudView) -> dict[str, int]:
+    """Cores per VO that the cloud's instances hold (every VM not yet destroyed)."""
     per_vo: dict[str, int] = defaultdict(int)
-    for vm in live:
-        per_vo[vm.vo] += vm.cores
-    return len(live), sum(vm.cores for vm in live), sum(vm.memory_mb for vm in live), per_vo
+    for vm in cloud.vms:
+        if vm.state is not VMState.DESTROYED:
+            per_vo[vm.vo] += vm.cores
+    return per_vo
 
 
-def _budget(cloud: CloudView, snapshot: ProvisioningSnapshot) -> _Budget:
-    vms, cores, memory, per_vo = _held(cloud)
-    capacity_cores = cloud.max_cores
-    if capacity_cores is None:
-        capacity_cores = cloud.max_vms * max((f.cores for f in cloud.flavors), default=0)
+def _budget(cloud: CloudView, snapshot: ProvisioningSnapshot, pledged_site: bool) -> Budget:
+    budget = quota_budget(cloud)
+    if pledged_site or cloud.mode is CloudMode.VACUUM:
+        return budget  # pledges (or target shares) rule there instead of the share split below
     # Shares of this cloud apply when several VOs want it; a VO alone may use all of it.
     wanting = sorted({wc.vo for wc in snapshot.work if wc.waiting > 0 and suits(cloud, wc)})
-    vo_cores: dict[str, float] = {}
     if len(wanting) > 1:
+        per_vo = _held(cloud)
+        capacity_cores = cloud.max_cores
+        if capacity_cores is None:
+            capacity_cores = cloud.max_vms * max((f.cores for f in cloud.flavors), default=0)
         shares = {vo: snapshot.vo_shares.get(vo, snapshot.default_share) for vo in wanting}
         total = sum(shares.values())
-        vo_cores = {vo: capacity_cores * share / total - per_vo.get(vo, 0) for vo, share in shares.items()}
-    return _Budget(
-        vms=cloud.max_vms - vms,
-        cores=INF if cloud.max_cores is None else cloud.max_cores - cores,
-        memory_mb=INF if cloud.max_memory_mb is None else cloud.max_memory_mb - memory,
-        starts=math.floor(cloud.start_rate_per_minute) - cloud.starts_last_minute,
-        vo_cores=vo_cores,
-    )
+        budget.vo_cores = {vo: capacity_cores * share / total - per_vo.get(vo, 0) for vo, share in shares.items()}
+    return budget
 
 
 def _supply(clouds: tuple[CloudView, ...], stopping: set[str]) -> dict[tuple[str, str], list[_Slot]]:
@@ -248,7 +274,7 @@ def _ordered_work(snapshot: ProvisioningSnapshot) -> list[WorkClass]:
     """VO furthest below its share (by cores held on every cloud) first, then its biggest classes."""
     held: dict[str, int] = defaultdict(int)
     for cloud in snapshot.clouds:
-        for vo, cores in _held(cloud)[3].items():
+        for vo, cores in _held(cloud).items():
             held[vo] += cores
 
     def vo_key(vo: str) -> float:

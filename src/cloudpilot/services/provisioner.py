@@ -34,7 +34,7 @@ from cloudpilot.domain.provisioning import (
     WorkClass,
 )
 from cloudpilot.domain.vms import VM, VM_TRANSITIONS, VMState
-from cloudpilot.policy.provisioning import decide
+from cloudpilot.policy.base import DefaultPolicy, ProvisioningPolicy
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.sites import ScheduledShutdown, SiteRepository
 from cloudpilot.store.tokens import TokenRepository
@@ -55,6 +55,11 @@ class Provisioner:
     sites: SiteRepository
     server_url: Callable[[], str]  # where VMs reach this server (known once it listens)
     on_change: Callable[[], None] = lambda: None
+    policy: ProvisioningPolicy | None = None  # default: cloudpilot's own, with config.policy's knobs
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = DefaultPolicy(self.config.policy)
 
     @property
     def interval(self) -> float:
@@ -63,7 +68,8 @@ class Provisioner:
     def tick(self, now: float) -> list[Action]:
         if not self.drivers:
             return []
-        actions = decide(self.snapshot(now), self.config.policy, now)
+        assert self.policy is not None
+        actions = self.policy.decide(self.snapshot(now), now)
         self.apply(actions, now)
         return actions
 

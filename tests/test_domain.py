@@ -117,3 +117,33 @@ def test_stale_lease_is_refused() -> None:
     job.check_lease(2)
     with pytest.raises(StaleLease, match="attempt 2"):
         job.check_lease(1)
+
+
+# The configuration issue 4 gives, verbatim, plus a capacity schedule.
+ISSUE_4_CONFIG = """
+vos: {lhcb: {share: 1}, alice: {share: 1}}
+sites:
+  siteA: {pledges: {lhcb: 4, alice: 2}}
+clouds:
+  a1: {driver: local, site: siteA, grace_secs: 5, flavors: {small: {cores: 2, memory_mb: 4096}}, max_vms: 3, boot_seconds: 1}
+  b1: {driver: local, site: siteB, mode: vacuum, fizzle_seconds: 30, backoff_seconds: 60, flavors: {small: {cores: 2, memory_mb: 4096}}, max_vms: 2, boot_seconds: 1}
+  s1: {driver: local, site: siteC, preemptible: true, flavors: {small: {cores: 1, memory_mb: 2048}}, max_vms: 2, boot_seconds: 1}
+  lone: {driver: local, flavors: {small: {cores: 1, memory_mb: 2048}},
+         capacity_schedule: [{at: "2026-12-01T18:00:00Z", max_vms: 0}, {at: "2026-12-02T06:00:00", max_vms: 4}]}
+"""  # noqa: E501
+
+
+def test_the_site_control_configuration_of_the_issue_is_accepted() -> None:
+    import yaml
+
+    from cloudpilot.config import ServerConfig
+
+    config = ServerConfig.model_validate(yaml.safe_load(ISSUE_4_CONFIG))
+    assert config.sites["siteA"].pledges["lhcb"].cores == 4
+    assert config.clouds["a1"].grace_secs == 5 and config.clouds["s1"].grace_secs == 600
+    assert config.clouds["b1"].mode == "vacuum" and config.clouds["s1"].preemptible
+    assert config.clouds["lone"].site == "lone"  # a cloud alone is its own site
+    assert config.known_sites() == ["lone", "siteA", "siteB", "siteC"]
+    lone = config.clouds["lone"]
+    december_1 = 1796148000.0  # 2026-12-01T18:00:00Z
+    assert [lone.max_vms_at(t) for t in (december_1 - 1, december_1, december_1 + 12 * 3600)] == [10, 0, 4]

@@ -160,3 +160,31 @@ def test_a_preempted_vm_loses_no_event_and_none_is_computed_twice(make_server: S
 def _event_files(archive: bytes) -> list[str]:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         return [Path(m.name).name for m in tar.getmembers() if Path(m.name).name.startswith("event_")]
+
+
+def test_a_shrinking_capacity_drains_the_excess_gracefully(make_server: ServerFactory) -> None:
+    clouds = {"s1": {"driver": "local", "site": "siteC", "preemptible": True, "flavors": SMALL, "max_vms": 2,
+                     "start_rate_per_minute": 60}}  # fmt: skip
+    server = make_server(make_config(clouds, idle=30))
+    user = user_of(server, "lhcb")
+    ids = submit(user, "import time; time.sleep(6)", n=2)
+    wait_for(lambda: sum(vm["state"] == "running" for vm in all_vms(server)) == 2, 60, "two VMs running")
+    wait_for(lambda: all(user.get(f"/api/v1/jobs/{i}").json()["state"] == "running" for i in ids), 30, "jobs run")
+    site_admin = server.client(server.token(Role.SITE, "ops", site="siteC"))
+    assert site_admin.put("/api/v1/clouds/s1/capacity", json={"max_vms": 1}).status_code == 200
+    admin = server.client(server.token(Role.ADMIN, "root"))
+    assert next(c for c in admin.get("/api/v1/clouds").json()["clouds"] if c["name"] == "s1")["max_vms"] == 1
+
+    jobs = wait_final(user, ids, timeout=90)
+    assert {j["state"] for j in jobs.values()} == {"done"}  # the drained VM finished its job first
+    assert all(j["attempts"] == 1 for j in jobs.values())
+    drained = []
+    for vm in all_vms(server):
+        history = admin.get(f"/api/v1/vms/{vm['id']}").json()["history"]
+        if any(e["to_state"] == "draining" for e in history):
+            drained.append((vm, history))
+    assert len(drained) == 1, [vm["id"] for vm, _ in drained]
+    vm, history = drained[0]
+    assert "capacity" in next(e["reason"] for e in history if e["to_state"] == "draining")
+    wait_for(lambda: admin.get(f"/api/v1/vms/{vm['id']}").json()["state"] == "destroyed", 30, "drained VM gone")
+    assert len(all_vms(server)) == 2  # nothing new started above the capacity

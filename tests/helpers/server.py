@@ -60,7 +60,11 @@ def start_server(config: ServerConfig, data_dir: Path, port: int | None = None) 
     services = Services.build(config, data_dir)
     app = create_app(services)
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False))
+    # Long polls of pilots still running would hold a graceful shutdown for their whole wait: cut it short.
+    settings = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(settings)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.time() + 15

@@ -12,7 +12,7 @@ from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
 
 from cloudpilot import __version__
-from cloudpilot.api import accounting, jobs, mjf, pilot_zipapp, pilots, sites, tokens, vms
+from cloudpilot.api import accounting, clusters, images, jobs, mjf, pilot_zipapp, pilots, sites, tokens, vms
 from cloudpilot.api.errors import install_error_handlers
 from cloudpilot.api.notify import WorkNotifier
 from cloudpilot.api.responses import json_response
@@ -22,6 +22,7 @@ log = logging.getLogger("cloudpilot.server")
 
 
 MIN_WAKE_SECONDS = 1.0  # a woken loop still runs at most once a second
+IMAGES_INTERVAL = 30.0  # how often image lists are looked at (each has its own refresh_seconds)
 
 
 async def _every(  # type: ignore[no-untyped-def]
@@ -65,6 +66,8 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
                 services.work_listeners.append(lambda: loop.call_soon_threadsafe(wake.set))
                 cycle = _every(interval, "provisioning cycle", services.provision, services, wake)
                 loops.append(asyncio.create_task(cycle))
+            # Image lists: refresh those due, fetch images to register, drain VMs of revoked images.
+            loops.append(asyncio.create_task(_every(IMAGES_INTERVAL, "image lists", services.images.tick, services)))
         try:
             yield
         finally:
@@ -90,6 +93,8 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     app.include_router(accounting.router)
     app.include_router(sites.router)
     app.include_router(mjf.router)
+    app.include_router(clusters.router)
+    app.include_router(images.router)
 
     @app.get("/api/v1/health", tags=["server"], summary="Liveness and version")
     def health() -> Response:

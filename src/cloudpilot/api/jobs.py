@@ -87,7 +87,10 @@ def summary(principal: PrincipalDep, services: ServicesDep) -> Response:
 @router.get("/jobs/{job_id}", summary="One job with its history")
 def get_job(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
     job = services.jobs.get(principal, job_id)
-    return json_response(job_json(job, services.jobs.history(principal, job_id)))
+    body = job_json(job, services.jobs.history(principal, job_id))
+    # Why no VM is booted for a waiting job because of images (docs/images.md); None: nothing image-related.
+    body["blocked_reason"] = services.images.why_blocked(job, services.clock.now())
+    return json_response(body)
 
 
 @router.post("/jobs/{job_id}/kill", summary="Kill a job that is not final yet")

@@ -44,6 +44,7 @@ class MatchBody(_Body):
     tags: list[str] = []
     site: str | None = None
     cloud: str | None = None
+    image: str | None = Field(None, max_length=200)  # the endorsed image of the pilot's VM (docs/images.md)
     wait_seconds: float = Field(0.0, ge=0, le=60)
 
 
@@ -110,6 +111,7 @@ async def match(request: Request) -> Response:
         tags=tuple(body.tags),
         site=body.site,
         cloud=body.cloud,
+        image=body.image,
     )
     notifier = request.app.state.notifier
     loop = asyncio.get_running_loop()

@@ -61,7 +61,9 @@ def list_clouds(principal: PrincipalDep, services: ServicesDep) -> Response:
         counts.setdefault(vm.cloud, Counter())[vm.state.value] += 1
     clouds = []
     overrides, now = services.sites.sites.capacity_overrides(), services.clock.now()
+    catalog = services.images.catalog()
     for name, settings in services.config.clouds.items():
+        images = services.images.cloud_images(name, catalog, now)
         clouds.append(
             {
                 "name": name,
@@ -73,6 +75,12 @@ def list_clouds(principal: PrincipalDep, services: ServicesDep) -> Response:
                 "mode": settings.mode,
                 "preemptible": settings.preemptible,
                 "vms": dict(counts[name]),
+                # docs/images.md: endorsed images it may boot now (identifier -> its image id) and those refused
+                "images": {
+                    "endorsed_only": images.enforced,
+                    "bootable": {i: images.mapping[i] for i in sorted(images.bootable)},
+                    "refused": dict(sorted(images.refused.items())),
+                },
             }
         )
     return json_response({"clouds": clouds})

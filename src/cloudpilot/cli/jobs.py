@@ -116,6 +116,8 @@ def _details(found: dict[str, Any]) -> Table:
         ("progress", escape(text(found["progress"]))),
         ("output", "yes" if found["has_output"] else "no"),
     ]
+    if found.get("blocked_reason"):  # why no VM can be booted for it (docs/images.md)
+        rows.insert(4, ("blocked", f"[red]{escape(found['blocked_reason'])}[/red]"))
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()

@@ -37,7 +37,10 @@ def clouds(as_json: bool = JsonOption, url: str | None = UrlOption, token: str |
 
 def clouds_table(found: list[dict[str, Any]], title: str | None = None) -> Table:
     """The table ``cloudpilot clouds`` prints (the demo shows it too)."""
-    table = Table("name", "driver", "flavors", "max VMs", "price", "VMs", title=title or f"{len(found)} clouds")
+    # With image lists in force (docs/images.md), a column says which images each cloud may boot and why not.
+    with_images = any((c.get("images") or {}).get("endorsed_only") for c in found)
+    columns = ["name", "driver", "flavors", "max VMs", "price", "VMs", *(["images"] if with_images else [])]
+    table = Table(*columns, title=title or f"{len(found)} clouds")
     for cloud in found:
         flavors = ", ".join(
             f"{escape(name)} ({f['cores']} cores, {f['memory_mb']} MB)" for name, f in cloud["flavors"].items()
@@ -50,8 +53,16 @@ def clouds_table(found: list[dict[str, Any]], title: str | None = None) -> Table
             str(cloud["max_vms"]),
             f"{price:g} per core-hour" if price else "free",
             vm_counts(cloud["vms"]) or "none",
+            *([image_summary(cloud.get("images") or {})] if with_images else []),
         )
     return table
+
+
+def image_summary(images: dict[str, Any]) -> str:
+    """Endorsed images the cloud may boot, and those it refuses with why (docs/images.md)."""
+    lines = [f"[green]{escape(i)}[/green]" for i in images.get("bootable", {})] or ["[red]none bootable[/red]"]
+    lines += [f"[red]{escape(i)}[/red]: {escape(why)}" for i, why in images.get("refused", {}).items()]
+    return "\n".join(lines)
 
 
 def vm_counts(counts: dict[str, int]) -> str:

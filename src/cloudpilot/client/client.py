@@ -256,6 +256,75 @@ class CloudpilotClient:
         """Change a cloud's max_vms now (``None``: back to the configuration)."""
         return self._request("PUT", f"/clouds/{_segment(cloud)}/capacity", json={"max_vms": max_vms}).json()
 
+    # -- clusters -------------------------------------------------------------------------------------------
+
+    def create_cluster(self, definition: dict[str, Any]) -> dict[str, Any]:
+        """Instantiate a cluster definition (docs/clusters.md); return the cluster with its services."""
+        return self._request("POST", "/clusters", json=definition).json()
+
+    def clusters(self) -> list[dict[str, Any]]:
+        """The caller's clusters (an admin's: all), oldest first."""
+        return list(self._request("GET", "/clusters").json()["clusters"])
+
+    def cluster(self, cluster_id: int) -> dict[str, Any]:
+        """One cluster: each service's desired size, readiness and instances with their states."""
+        return self._request("GET", f"/clusters/{int(cluster_id)}").json()
+
+    def scale_cluster(self, cluster_id: int, service: str, instances: int) -> dict[str, Any]:
+        """Ask for ``instances`` of ``service`` (422 outside its min and max)."""
+        path = f"/clusters/{int(cluster_id)}/services/{_segment(service)}"
+        return self._request("PATCH", path, json={"instances": instances}).json()
+
+    def delete_cluster(self, cluster_id: int) -> dict[str, Any]:
+        """Tear a cluster down (last service first); the cluster, now ``deleting``."""
+        return self._request("DELETE", f"/clusters/{int(cluster_id)}").json()
+
+    # -- image lists (docs/images.md) -----------------------------------------------------------------------
+
+    def images(self) -> dict[str, Any]:
+        """``{"enforced": bool, "images": [...]}``: every image held, revoked or mapped, with its state and why."""
+        return self._request("GET", "/images").json()
+
+    def image(self, identifier: str) -> dict[str, Any]:
+        return self._request("GET", f"/images/{_segment(identifier)}").json()
+
+    def subscribe_images(
+        self,
+        url: str,
+        endorser_key: str,
+        signature_url: str | None = None,
+        endorser_name: str | None = None,
+        refresh_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Subscribe to the list at ``url`` signed by ``endorser_key`` (PEM or raw base64); 422 with the reason
+        when the server refuses it."""
+        body = {
+            "url": url,
+            "endorser_key": endorser_key,
+            "signature_url": signature_url,
+            "endorser_name": endorser_name,
+            "refresh_seconds": refresh_seconds,
+        }
+        given = {k: v for k, v in body.items() if v is not None}
+        return self._request("POST", "/images/subscriptions", json=given).json()
+
+    def image_subscriptions(self) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/images/subscriptions").json()["subscriptions"])
+
+    def refresh_images(self, subscription_id: int) -> dict[str, Any]:
+        """Fetch a subscribed list again now (422 with the reason if the new one is refused)."""
+        return self._request("POST", f"/images/subscriptions/{int(subscription_id)}/refresh").json()
+
+    def unsubscribe_images(self, subscription_id: int) -> dict[str, Any]:
+        return self._request("DELETE", f"/images/subscriptions/{int(subscription_id)}").json()
+
+    def revoke_image(self, identifier: str, reason: str = "") -> dict[str, Any]:
+        """Revoke an image: never booted again; its running VMs drain (``drained``: their ids)."""
+        return self._request("POST", f"/images/{_segment(identifier)}/revoke", json={"reason": reason}).json()
+
+    def reinstate_image(self, identifier: str) -> dict[str, Any]:
+        return self._request("POST", f"/images/{_segment(identifier)}/reinstate").json()
+
     # -- tokens ---------------------------------------------------------------------------------------------
 
     def create_token(self, role: str, name: str, vo: str | None = None, site: str | None = None) -> str:

@@ -44,6 +44,9 @@ class _CloudCommon(_Section):
     tags: list[str] = Field([], description="Tags its pilots offer (platform, gpu, …).")
     vos: list[str] | None = Field(None, description="VOs it may run VMs for; unset: every VO.")
     images: dict[str, str] = Field({}, description="Image per VO ('*' for any other VO).")
+    endorsed_images: dict[str, str] = Field(
+        {}, description="Endorsed image (dc:identifier of an image list) -> this cloud's image id (docs/images.md)."
+    )
     boot_timeout_seconds: float = Field(600.0, gt=0, description="A VM whose pilot has not registered by then fails.")
     max_lifetime_seconds: float = Field(172_800.0, gt=0, description="A VM is drained, then destroyed, after this.")
     grace_secs: int = Field(600, ge=0, description="MJF grace_secs: notice a VM gets before a shutdown deadline.")
@@ -60,6 +63,16 @@ class _CloudCommon(_Section):
     capacity_schedule: list[CapacityStep] = Field(
         [], description="max_vms over time: the latest step whose time has come applies."
     )
+
+    @field_validator("endorsed_images")
+    @classmethod
+    def _one_identifier_per_image(cls, mapping: dict[str, str]) -> dict[str, str]:
+        seen: dict[str, str] = {}
+        for identifier, image_id in mapping.items():
+            if image_id in seen:
+                raise ValueError(f"{seen[image_id]} and {identifier} both map to image {image_id}")
+            seen[image_id] = identifier
+        return mapping
 
     def served_vos(self) -> frozenset[str] | None:
         """VOs this cloud can start VMs for: those listed in ``vos``, and only those with an image when
@@ -87,6 +100,9 @@ class LocalCloudConfig(_CloudCommon):
     boot_seconds: float = Field(0.0, ge=0, description="How long a local VM takes to boot.")
     fail_share: float = Field(0.0, ge=0, le=1, description="Share of boots that end in error (tests, demos).")
     hang_share: float = Field(0.0, ge=0, le=1, description="Share of boots that never finish (tests, demos).")
+    register_images: bool = Field(
+        False, description="Fetch and verify every held endorsed image and boot it from that file (docs/images.md)."
+    )
 
 
 class LibcloudCloudConfig(_CloudCommon):

@@ -15,7 +15,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
@@ -81,6 +81,7 @@ class PilotContext:
     site: str | None = None
     cloud: str | None = None
     tags: tuple[str, ...] = ()
+    image: str | None = None  # the endorsed image the VM boots (docs/images.md): the pilot offers it
     lifetime_seconds: float | None = None
     idle_timeout_seconds: float = 600.0
     machinefeatures_url: str | None = None
@@ -100,7 +101,7 @@ class PilotContext:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise InvalidContext(name, f"must be at least 1, not {value}")
-        for name in ("site", "cloud", "machinefeatures_url", "jobfeatures_url"):
+        for name in ("site", "cloud", "image", "machinefeatures_url", "jobfeatures_url"):
             value = getattr(self, name)
             if value is not None and not _printable(value):
                 raise InvalidContext(name, "must be non-empty printable text or None")
@@ -135,10 +136,16 @@ def build_user_data(ctx: PilotContext, extra_parts: Sequence[UserDataPart] = ())
     Raises :class:`UserDataTooLarge` above :data:`MAX_USER_DATA_BYTES`, :class:`InvalidContext` for a part
     that cannot go in.
     """
-    cloud_config = "#cloud-config\n" + yaml.dump(
-        cloud_config_of(ctx), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096
+    return assemble_user_data(cloud_config_of(ctx), extra_parts)
+
+
+def assemble_user_data(cloud_config: Mapping[str, Any], extra_parts: Sequence[UserDataPart] = ()) -> str:
+    """User-data from any cloud-config mapping (a pilot's, a cluster agent's), with ``extra_parts`` after it
+    (MIME multipart, their cloud-config merged by appending lists); :class:`UserDataTooLarge` above the limit."""
+    text = "#cloud-config\n" + yaml.dump(
+        dict(cloud_config), Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=4096
     )
-    user_data = _multipart(cloud_config, extra_parts) if extra_parts else cloud_config
+    user_data = _multipart(text, extra_parts) if extra_parts else text
     size = len(user_data.encode())
     if size > MAX_USER_DATA_BYTES:
         raise UserDataTooLarge(size, MAX_USER_DATA_BYTES)
@@ -180,6 +187,7 @@ def _public_config(ctx: PilotContext) -> dict[str, Any]:
         "site": ctx.site,
         "cloud": ctx.cloud,
         "tags": list(ctx.tags),
+        "image": ctx.image,
         "lifetime_seconds": ctx.lifetime_seconds,
         "idle_timeout_seconds": ctx.idle_timeout_seconds,
         "machinefeatures_url": ctx.machinefeatures_url,
@@ -221,6 +229,8 @@ def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
         pilot += ["--cloud", shlex.quote(ctx.cloud)]
     if ctx.tags:
         pilot += ["--tags", shlex.quote(",".join(ctx.tags))]
+    if ctx.image is not None:
+        pilot += ["--image", shlex.quote(ctx.image)]
     if ctx.lifetime_seconds is not None:
         pilot += ["--lifetime", _number(ctx.lifetime_seconds)]
     pilot += ["--idle-timeout", _number(ctx.idle_timeout_seconds)]

@@ -64,6 +64,11 @@ class Requirements(BaseModel):
     wall_seconds: int | None = Field(None, ge=1, description="Wall-time limit; the server's default applies if unset.")
     tags: tuple[str, ...] = ()
     sites: SiteFilter = SiteFilter()
+    image: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}$",
+        description="An endorsed image (its dc:identifier in an image list) the job must run on (docs/images.md).",
+    )
 
     @field_validator("tags")
     @classmethod

@@ -22,6 +22,7 @@ class Offer(BaseModel):
     tags: tuple[str, ...] = ()
     site: str | None = None
     cloud: str | None = None
+    image: str | None = Field(None, description="The endorsed image the slot's VM runs (docs/images.md).")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,7 @@ class TaskQueue:
     tags: frozenset[str]
     sites_allow: frozenset[str]
     sites_deny: frozenset[str]
+    image: str | None = None  # the endorsed image the jobs must run on
 
 
 def task_queue_key(vo: str, owner: str, priority: int, req: Requirements, wall_seconds: int) -> str:
@@ -56,11 +58,18 @@ def task_queue_key(vo: str, owner: str, priority: int, req: Requirements, wall_s
         "allow": sorted(req.sites.allow),
         "deny": sorted(req.sites.deny),
     }
+    if req.image is not None:  # only then: the keys of classes without an image stay what they were
+        doc["image"] = req.image
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def fits_place(tq: TaskQueue, tags: frozenset[str] | tuple[str, ...], site: str | None) -> bool:
-    """The set-based half of the fit: the slot has every tag the jobs need, and its site is admitted."""
+def fits_place(
+    tq: TaskQueue, tags: frozenset[str] | tuple[str, ...], site: str | None, image: str | None = None
+) -> bool:
+    """The set-based half of the fit: the slot runs the image the jobs need, if any, has every tag they need,
+    and its site is admitted."""
+    if tq.image is not None and tq.image != image:
+        return False
     if tq.tags and not tq.tags.issubset(tags):
         return False
     if site is not None and site in tq.sites_deny:
@@ -79,4 +88,4 @@ def fits_size(tq: TaskQueue, offer: Offer) -> bool:
 
 def fits(tq: TaskQueue, offer: Offer) -> bool:
     """Whether every job of ``tq`` may run in the slot ``offer`` describes."""
-    return fits_size(tq, offer) and fits_place(tq, offer.tags, offer.site)
+    return fits_size(tq, offer) and fits_place(tq, offer.tags, offer.site, offer.image)

@@ -47,6 +47,7 @@ class WorkClass:
     sites_allow: frozenset[str]
     sites_deny: frozenset[str]
     waiting: int
+    image: str | None = None  # the endorsed image the jobs must run on (docs/images.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,8 @@ class VMView:
     idle_since: float | None  # since when it has run no job; None while it runs one
     created_at: float = 0.0
     jobs_run: int = 0
+    image: str | None = None  # the endorsed image it runs, if any
+    image_tags: frozenset[str] = frozenset()  # the tags that image provides
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,12 @@ class CloudView:
     backoff_seconds: float = 600.0
     recent_ends: tuple[VMEnd, ...] = ()  # VMs ended within the last few back-off periods, oldest first
     shutdown_pending: bool = False  # a cloud- or site-wide shutdown is scheduled: start nothing
+    # Image lists (docs/images.md). ``endorsed_only``: only endorsed images may boot here; ``images``: those that
+    # may boot now, with the tags each provides; ``vo_images``: the endorsed image a VO's jobs without an image
+    # requirement boot (``"*"``: other VOs; None: the VO's configured image is not endorsed).
+    endorsed_only: bool = False
+    images: dict[str, frozenset[str]] = field(default_factory=dict)
+    vo_images: dict[str, str | None] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +126,7 @@ class StartVMs:
     flavor: str
     count: int
     reason: str
+    image: str | None = None  # the endorsed image to boot; None: the VO's configured image
 
 
 @dataclass(frozen=True, slots=True)

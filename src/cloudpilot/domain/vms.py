@@ -83,3 +83,5 @@ class VM:
     hs06: float | None = None
     shutdown_deadline: float | None = None  # a scheduled shutdown: the VM is gone by then
     permission: str | None = None  # the site policy's last refusal, if any
+    cluster_id: int | None = None  # a cluster's VM (not a pilot VM): see domain/clusters.py
+    cluster_service: str | None = None

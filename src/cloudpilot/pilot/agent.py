@@ -160,8 +160,9 @@ class Agent:
             heartbeat_seconds=float(answer.get("heartbeat_seconds") or 30),
         )
         log.info(
-            "registered as pilot %s: %d cores, %s MB, site %s, cloud %s, tags %s; working in %s",
-            reg.pilot_id, cfg.cores, cfg.memory_mb, cfg.site, cfg.cloud, ",".join(cfg.tags) or "-", cfg.workdir,
+            "registered as pilot %s: %d cores, %s MB, site %s, cloud %s, image %s, tags %s; working in %s",
+            reg.pilot_id, cfg.cores, cfg.memory_mb, cfg.site, cfg.cloud, cfg.image or "-", ",".join(cfg.tags) or "-",
+            cfg.workdir,
         )  # fmt: skip
         return reg
 
@@ -282,7 +283,7 @@ class Agent:
         left = self._seconds_left(now)
         if left is not None:
             wait = min(wait, left)
-        return {
+        offer = {
             "pilot_id": reg.pilot_id,
             "cores": cores,
             "memory_mb": memory,
@@ -292,6 +293,9 @@ class Agent:
             "cloud": cfg.cloud,
             "wait_seconds": round(min(max(wait, 0.0), MAX_WAIT_SECONDS), 3),
         }
+        if cfg.image is not None:  # only then: servers without image lists know no such field
+            offer["image"] = cfg.image
+        return offer
 
     # --- jobs -------------------------------------------------------------------------------------------------
 

@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tags", default="", metavar="a,b", help="tags this pilot offers (comma-separated)")
     p.add_argument("--site", default=None, help="the site this pilot runs at")
     p.add_argument("--cloud", default=None, help="the cloud this pilot runs on")
+    p.add_argument("--image", default=None, help="the endorsed image this machine runs (jobs may require it)")
     p.add_argument("--lifetime", type=_seconds, default=None, metavar="S", help="seconds this pilot may live")
     p.add_argument("--wait-seconds", type=_wait, default=20.0, metavar="S", help="length of one long poll (0-60)")
     p.add_argument(
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             tags=tuple(t.strip() for t in args.tags.split(",") if t.strip()),
             site=args.site,
             cloud=args.cloud,
+            image=args.image or None,
             lifetime=args.lifetime,
             wait_seconds=args.wait_seconds,
             give_up_seconds=args.give_up_seconds,

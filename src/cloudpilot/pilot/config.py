@@ -14,6 +14,7 @@ MEMINFO = Path("/proc/meminfo")
 class PilotConfig:
     """Everything the agent needs besides its transport; ``cli`` fills it from the command line.
 
+    ``image``: the endorsed image (an image list's dc:identifier) this machine was booted from, if any.
     ``idle_timeout``: seconds without a running job and without obtaining one before the pilot leaves.
     ``lifetime``: seconds this pilot may live (``None``: unlimited); offers say how much of it is left.
     ``wait_seconds``: length of one long poll for work (the server caps it at 60).
@@ -32,6 +33,7 @@ class PilotConfig:
     tags: tuple[str, ...] = ()
     site: str | None = None
     cloud: str | None = None
+    image: str | None = None  # the endorsed image this machine runs: jobs requiring it may come here
     lifetime: float | None = None
     wait_seconds: float = 20.0
     give_up_seconds: float = 3600.0

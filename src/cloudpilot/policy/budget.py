@@ -15,11 +15,42 @@ INF = math.inf
 LIVE_STATES = SUPPLY_STATES
 
 
-def suits(cloud: CloudView, wc: WorkClass) -> bool:
-    """Whether VMs of this cloud may run the class's jobs at all (VO image, tags, site, a big enough flavor)."""
+PLAIN_IMAGE = ""  # image_for: the VO's configured image, no image list in force
+
+
+def image_for(cloud: CloudView, wc: WorkClass) -> str | None:
+    """The endorsed image a VM of this cloud boots for the class (docs/images.md), :data:`PLAIN_IMAGE` for the
+    VO's configured image when no image list is in force, or ``None``: nothing this cloud may boot suits it.
+
+    An image the class requires must be one the cloud may boot now; without one, the VO's endorsed image (from
+    the cloud's ``images``); a cloud without ``images`` boots the first endorsed image (by identifier) that
+    offers the class's tags. A VM offers the cloud's tags and its image's."""
     if cloud.vos is not None and wc.vo not in cloud.vos:
-        return False
-    if not wc.tags <= cloud.tags:
+        return None
+    if wc.image is not None:
+        provided = cloud.images.get(wc.image)
+        return wc.image if provided is not None and wc.tags <= cloud.tags | provided else None
+    if not cloud.endorsed_only:
+        return PLAIN_IMAGE if wc.tags <= cloud.tags else None
+    if cloud.vo_images:
+        default = cloud.vo_images.get(wc.vo, cloud.vo_images.get("*"))
+        provided = cloud.images.get(default) if default is not None else None
+        return default if provided is not None and wc.tags <= cloud.tags | provided else None
+    for identifier in sorted(cloud.images):
+        if wc.tags <= cloud.tags | cloud.images[identifier]:
+            return identifier
+    return None
+
+
+def boots_for(cloud: CloudView, vo: str) -> bool:
+    """Whether the cloud may boot a VM for the VO's jobs that need no particular image or tag."""
+    return image_for(cloud, WorkClass(vo, 1, None, 1, frozenset(), frozenset(), frozenset(), 1)) is not None
+
+
+def suits(cloud: CloudView, wc: WorkClass) -> bool:
+    """Whether VMs of this cloud may run the class's jobs at all (an image it may boot for them, tags, site, a
+    big enough flavor)."""
+    if image_for(cloud, wc) is None:
         return False
     if cloud.site in wc.sites_deny or (wc.sites_allow and cloud.site not in wc.sites_allow):
         return False

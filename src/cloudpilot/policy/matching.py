@@ -1,9 +1,9 @@
 """Rank the task queues a pilot's offer may take work from, best first.
 
 Ranking is split so the matcher can cache the costly part. Which task queues a slot's *place* admits (VO,
-tags, site: set tests over every task queue) changes only when the set of task queues does, so
-:func:`place_groups` is cached per (tags, site, VO). The order of the owners' groups by fair share and the
-*size* tests (cores, memory, wall time: a few comparisons) run on every match, lazily, in :func:`order`,
+image, tags, site: set tests over every task queue) changes only when the set of task queues does, so
+:func:`place_groups` is cached per (tags, site, VO, image). The order of the owners' groups by fair share and
+the *size* tests (cores, memory, wall time: a few comparisons) run on every match, lazily, in :func:`order`,
 which stops at the first task queue the matcher can take a job from.
 """
 
@@ -26,13 +26,18 @@ class OwnerGroup:
 
 
 def place_groups(
-    task_queues: Iterable[TaskQueue], tags: Collection[str], site: str | None, vos: Collection[str] | None = None
+    task_queues: Iterable[TaskQueue],
+    tags: Collection[str],
+    site: str | None,
+    vos: Collection[str] | None = None,
+    image: str | None = None,
 ) -> tuple[OwnerGroup, ...]:
-    """Task queues of ``vos`` (``None``: any VO) whose tags and sites admit a slot at ``site`` with ``tags``."""
+    """Task queues of ``vos`` (``None``: any VO) whose image, tags and sites admit a slot at ``site`` with
+    ``tags``, running ``image``."""
     tag_set = frozenset(tags)
     by_owner: dict[tuple[str, str], list[TaskQueue]] = {}
     for tq in task_queues:
-        if (vos is None or tq.vo in vos) and fits_place(tq, tag_set, site):
+        if (vos is None or tq.vo in vos) and fits_place(tq, tag_set, site, image):
             by_owner.setdefault((tq.vo, tq.owner), []).append(tq)
     return tuple(
         OwnerGroup(vo, owner, tuple(sorted(tqs, key=lambda t: (-t.priority, t.id))))
@@ -55,4 +60,4 @@ def rank(
     offer: Offer, task_queues: Iterable[TaskQueue], shares: ShareState, vos: Collection[str] | None = None
 ) -> list[TaskQueue]:
     """All eligible task queues for ``offer``, best first."""
-    return list(order(place_groups(task_queues, offer.tags, offer.site, vos), shares, offer))
+    return list(order(place_groups(task_queues, offer.tags, offer.site, vos, offer.image), shares, offer))

@@ -41,7 +41,7 @@ from cloudpilot.domain.provisioning import (
     WorkClass,
 )
 from cloudpilot.domain.vms import SUPPLY_STATES, Flavor, VMState
-from cloudpilot.policy.budget import INF, Budget, jobs_per_vm, quota_budget, suits
+from cloudpilot.policy.budget import INF, PLAIN_IMAGE, Budget, image_for, jobs_per_vm, quota_budget, suits
 from cloudpilot.policy.capacity import capacity_drains
 from cloudpilot.policy.pledges import SitePledges, growth_caps, reclaim, site_pledges
 from cloudpilot.policy.vacuum import vacuum_starts
@@ -77,6 +77,8 @@ def best_flavor(flavors: tuple[Flavor, ...], wc: WorkClass, jobs: int) -> tuple[
 class _Slot:
     cores: int
     memory_mb: float
+    image: str = PLAIN_IMAGE  # the endorsed image of the VM(s) whose free cores these are
+    tags: frozenset[str] = frozenset()  # the tags that image provides
 
 
 def decide(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float) -> list[Action]:
@@ -99,7 +101,7 @@ def decide(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float)
     for wc, where in zip(work, suitable, strict=True):
         remaining = wc.waiting
         for cloud in where:
-            remaining = _fill_slots(supply[(cloud.name, wc.vo)], wc, remaining)
+            remaining = _fill_slots(supply[(cloud.name, wc.vo)], wc, remaining, cloud)
         left.append(remaining)
 
     sites = site_pledges(snapshot, gone, list(zip(work, left, strict=True)))
@@ -111,11 +113,11 @@ def decide(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float)
 
     # New VMs; the free cores they leave (``fresh``) serve the VO's next classes.
     fresh: dict[tuple[str, str], list[_Slot]] = defaultdict(list)
-    starts: dict[tuple[str, str, str], int] = defaultdict(int)
+    starts: dict[tuple[str, str, str, str], int] = defaultdict(int)  # (cloud, VO, flavor, image) -> VMs
     for i, (wc, where) in enumerate(zip(work, suitable, strict=True)):
         remaining = left[i]
         for cloud in where:
-            remaining = _fill_slots(fresh[(cloud.name, wc.vo)], wc, remaining)
+            remaining = _fill_slots(fresh[(cloud.name, wc.vo)], wc, remaining, cloud)
         for cloud in where:
             if remaining <= 0:
                 break
@@ -128,8 +130,10 @@ def decide(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float)
         drains.extend(_reclaim(snapshot, sites, work, left, starts, budgets, gone, knobs))
 
     actions: list[Action] = [*stops, *drains]
-    for (cloud_name, vo, flavor), count in sorted(starts.items()):
-        actions.append(StartVMs(cloud_name, vo, flavor, count, f"{count} VM(s) for waiting {vo} jobs"))
+    for (cloud_name, vo, flavor, image), count in sorted(starts.items()):
+        of_image = f" of image {image}" if image else ""
+        reason = f"{count} VM(s){of_image} for waiting {vo} jobs"
+        actions.append(StartVMs(cloud_name, vo, flavor, count, reason, image or None))
     for cloud in clouds:
         if cloud.mode is CloudMode.VACUUM and _may_start(cloud, knobs, now):
             actions.extend(vacuum_starts(cloud, snapshot, budgets[cloud.name], gone, now))
@@ -145,14 +149,14 @@ def _reclaim(
     sites: dict[str, SitePledges],
     work: list[WorkClass],
     left: list[int],
-    starts: dict[tuple[str, str, str], int],
+    starts: dict[tuple[str, str, str, str], int],
     budgets: dict[str, Budget],
     gone: set[str],
     knobs: ProvisioningKnobs,
 ) -> list[DrainVM]:
     by_name = {c.name: c for c in snapshot.clouds}
     new_cores: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # site -> VO -> cores
-    for (cloud_name, vo, flavor_name), count in starts.items():
+    for (cloud_name, vo, flavor_name, _image), count in starts.items():
         cloud = by_name[cloud_name]
         if cloud.site in sites:
             cores = next(f.cores for f in cloud.flavors if f.name == flavor_name)
@@ -170,7 +174,7 @@ def _start_for(
     remaining: int,
     budget: Budget,
     supply: dict[tuple[str, str], list[_Slot]],
-    starts: dict[tuple[str, str, str], int],
+    starts: dict[tuple[str, str, str, str], int],
     knobs: ProvisioningKnobs,
 ) -> int:
     choice = best_flavor(cloud.flavors, wc, remaining)
@@ -188,20 +192,26 @@ def _start_for(
     if count <= 0:
         return remaining
     budget.take(flavor, wc.vo, count)
-    starts[(cloud.name, wc.vo, flavor.name)] += count
+    image = image_for(cloud, wc) or PLAIN_IMAGE
+    starts[(cloud.name, wc.vo, flavor.name, image)] += count
     placed = min(remaining, count * per_vm)
     # Cores the new VMs leave free serve the VO's other classes on this cloud.
     leftover_cores = count * flavor.cores - placed * wc.cores
     if leftover_cores > 0:
         used_memory = placed * (wc.memory_mb or 0)
-        supply[(cloud.name, wc.vo)].append(_Slot(leftover_cores, count * flavor.memory_mb - used_memory))
+        free_memory = count * flavor.memory_mb - used_memory
+        provided = cloud.images.get(image, frozenset())
+        supply[(cloud.name, wc.vo)].append(_Slot(leftover_cores, free_memory, image, provided))
     return remaining - placed
 
 
-def _fill_slots(slots: list[_Slot], wc: WorkClass, remaining: int) -> int:
+def _fill_slots(slots: list[_Slot], wc: WorkClass, remaining: int, cloud: CloudView) -> int:
+    choosy = wc.image is not None or bool(wc.tags)  # else any slot of the VO will do (the common case)
     for slot in slots:
         if remaining <= 0:
             break
+        if choosy and not _slot_suits(slot, wc, cloud):
+            continue
         fit = slot.cores // wc.cores
         if wc.memory_mb:
             fit = min(fit, int(slot.memory_mb // wc.memory_mb))
@@ -210,6 +220,13 @@ def _fill_slots(slots: list[_Slot], wc: WorkClass, remaining: int) -> int:
         slot.memory_mb -= took * (wc.memory_mb or 0)
         remaining -= took
     return remaining
+
+
+def _slot_suits(slot: _Slot, wc: WorkClass, cloud: CloudView) -> bool:
+    """A VM's free cores serve a class only if it runs the image the class requires and offers its tags."""
+    if wc.image is not None and slot.image != wc.image:
+        return False
+    return wc.tags <= cloud.tags or wc.tags <= cloud.tags | slot.tags
 
 
 def _idle_stops(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float) -> list[StopVM]:
@@ -266,7 +283,8 @@ def _supply(clouds: tuple[CloudView, ...], stopping: set[str]) -> dict[tuple[str
         for vm in cloud.vms:
             if vm.state in SUPPLY_STATES and vm.id not in stopping and vm.free_cores > 0:
                 share_of_memory = vm.memory_mb * vm.free_cores / max(1, vm.cores)
-                supply[(cloud.name, vm.vo)].append(_Slot(vm.free_cores, share_of_memory))
+                slot = _Slot(vm.free_cores, share_of_memory, vm.image or PLAIN_IMAGE, vm.image_tags)
+                supply[(cloud.name, vm.vo)].append(slot)
     return supply
 
 

@@ -18,7 +18,7 @@ from enum import Enum
 
 from cloudpilot.domain.provisioning import CloudView, ProvisioningSnapshot, StartVMs, VMEnd
 from cloudpilot.domain.vms import Flavor, VMState
-from cloudpilot.policy.budget import Budget, is_live
+from cloudpilot.policy.budget import Budget, boots_for, is_live
 
 GOOD_CODES = frozenset({100, 200})  # shutdown as requested; success: no more work after running some
 
@@ -80,7 +80,8 @@ def targets(cloud: CloudView, snapshot: ProvisioningSnapshot) -> dict[str, float
         shares = {vo: snapshot.vo_shares.get(vo, snapshot.default_share) for vo in cloud.vos}
     else:
         shares = dict(snapshot.vo_shares)
-    return {vo: s for vo, s in shares.items() if s > 0 and (cloud.vos is None or vo in cloud.vos)}
+    # boots_for: the cloud's VOs, and with image lists in force only those it has an endorsed image for
+    return {vo: s for vo, s in shares.items() if s > 0 and boots_for(cloud, vo)}
 
 
 def vacuum_starts(

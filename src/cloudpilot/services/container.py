@@ -7,10 +7,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudpilot.config import ServerConfig
+from cloudpilot.domain.provisioning import Action
 from cloudpilot.services.accounting import AccountingService
 from cloudpilot.services.auth import Authenticator
 from cloudpilot.services.clock import Clock, SystemClock
 from cloudpilot.services.cloud_drivers import build_drivers
+from cloudpilot.services.clusters import ClusterService
+from cloudpilot.services.images import ImageService
 from cloudpilot.services.jobs import JobService
 from cloudpilot.services.matcher import MatchService
 from cloudpilot.services.pilots import PilotService
@@ -22,7 +25,9 @@ from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.services.vm_monitor import VMMonitor
 from cloudpilot.storage.local import LocalSandboxStore
 from cloudpilot.store.accounting import AccountingRepository
+from cloudpilot.store.clusters import ClusterRepository
 from cloudpilot.store.database import Database
+from cloudpilot.store.images import ImageRepository
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.migrations import upgrade
 from cloudpilot.store.pilots import PilotRepository
@@ -51,6 +56,8 @@ class Services:
     vm_monitor: VMMonitor
     accounting: AccountingService
     sites: SiteControl
+    clusters: ClusterService
+    images: ImageService
     work_listeners: list[Callable[[], None]] = field(default_factory=list)
     public_url: str = "http://127.0.0.1:8080"  # where VMs reach this server; set by the server once it listens
 
@@ -72,6 +79,11 @@ class Services:
         site_policy = SitePolicy(config, site_repo, job_repo)
         services: Services
         job_service = JobService(job_repo, sandbox_store, config, on_new_work=lambda: services.new_work())
+
+        def drain(actions: list[Action], now: float) -> None:  # a revoked image's VMs
+            services.provisioner.apply(actions, now)
+
+        images = ImageService(config, ImageRepository(db), vm_repo, data_dir, drain=drain)
         services = cls(
             config=config,
             data_dir=data_dir,
@@ -87,7 +99,14 @@ class Services:
             reaper=LeaseReaper(job_repo, config, on_requeue=lambda: services.new_work()),
             vms=vm_repo,
             provisioner=Provisioner(
-                config, job_repo, vm_repo, tokens, drivers, site_repo, server_url=lambda: services.vm_server_url()
+                config,
+                job_repo,
+                vm_repo,
+                tokens,
+                drivers,
+                site_repo,
+                server_url=lambda: services.vm_server_url(),
+                images=images,
             ),
             accounting=AccountingService(records),
             vm_monitor=VMMonitor(
@@ -103,12 +122,17 @@ class Services:
                 ),
             ),
             sites=SiteControl(config, site_repo, vm_repo, site_policy),
+            clusters=ClusterService(
+                config, ClusterRepository(db), vm_repo, tokens, drivers, site_repo, lambda: services.vm_server_url()
+            ),
+            images=images,
         )
         return services
 
     def provision(self, now: float) -> list[object]:
-        """One provisioning cycle: the VM monitor settles what happened, then the provisioner decides."""
-        return [*self.vm_monitor.tick(now), *self.provisioner.tick(now)]
+        """One provisioning cycle: the VM monitor settles what happened, clusters are kept at their size (so the
+        provisioner's snapshot sees their VMs), then the provisioner decides."""
+        return [*self.vm_monitor.tick(now), *self.clusters.tick(now), *self.provisioner.tick(now)]
 
     def vm_server_url(self) -> str:
         return self.config.provisioner.server_url or self.public_url

@@ -23,17 +23,20 @@ class _Snapshot:
     taken_at: float
     task_queues: dict[int, TaskQueue]
     shares: ShareState
-    # (tags, site, VO) -> groups; kept across refreshes until a new task queue appears.
-    by_place: dict[tuple[tuple[str, ...], str | None, str | None], tuple[OwnerGroup, ...]] = field(default_factory=dict)
+    # (tags, site, VO, image) -> groups; kept across refreshes until a new task queue appears.
+    by_place: dict[tuple[tuple[str, ...], str | None, str | None, str | None], tuple[OwnerGroup, ...]] = field(
+        default_factory=dict
+    )
     empty: set[int] = field(default_factory=set)  # task queues found empty since the snapshot was taken
 
     def groups_for(self, offer: Offer, vo: str | None) -> tuple[OwnerGroup, ...]:
-        key = (offer.tags, offer.site, vo)
+        key = (offer.tags, offer.site, vo, offer.image)
         groups = self.by_place.get(key)
         if groups is None:
             if len(self.by_place) > MAX_CACHED_PLACES:
                 self.by_place.clear()
-            groups = place_groups(self.task_queues.values(), offer.tags, offer.site, None if vo is None else (vo,))
+            vos = None if vo is None else (vo,)
+            groups = place_groups(self.task_queues.values(), offer.tags, offer.site, vos, offer.image)
             self.by_place[key] = groups
         return groups
 

@@ -21,6 +21,7 @@ from cloudpilot.config.clouds import LibcloudCloudConfig, LocalCloudConfig
 from cloudpilot.context.redact import redact
 from cloudpilot.context.userdata import PilotContext, build_user_data
 from cloudpilot.domain.auth import Role
+from cloudpilot.domain.images import CloudImages
 from cloudpilot.domain.provisioning import (
     Action,
     CloudMode,
@@ -35,6 +36,7 @@ from cloudpilot.domain.provisioning import (
 )
 from cloudpilot.domain.vms import VM, VM_TRANSITIONS, VMState
 from cloudpilot.policy.base import DefaultPolicy, ProvisioningPolicy
+from cloudpilot.services.images import ImageService
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.sites import ScheduledShutdown, SiteRepository
 from cloudpilot.store.tokens import TokenRepository
@@ -56,6 +58,7 @@ class Provisioner:
     server_url: Callable[[], str]  # where VMs reach this server (known once it listens)
     on_change: Callable[[], None] = lambda: None
     policy: ProvisioningPolicy | None = None  # default: cloudpilot's own, with config.policy's knobs
+    images: ImageService | None = None  # image lists (docs/images.md); None: the per-VO images, unchecked
 
     def __post_init__(self) -> None:
         if self.policy is None:
@@ -96,15 +99,21 @@ class Provisioner:
                 sites_allow=tq.sites_allow,
                 sites_deny=tq.sites_deny,
                 waiting=n,
+                image=tq.image,
             )
             for tq, n in self.jobs.waiting_per_task_queue(cap=self._placeable_jobs())
         )
+        images = self._cloud_images(now)
         live = self.vms.list(states={s for s in VMState if not s.is_final})
         busy = self.jobs.active_cores_by_vm()
         by_cloud: dict[str, list[VMView]] = defaultdict(list)
         for vm in live:
+            ci = images.get(vm.cloud)
+            endorsed = ci.identifier_of(vm.image) if ci is not None else None
             free = vm.cores if vm.state is not VMState.RUNNING else max(0, vm.cores - busy.get(vm.id, 0))
             idle_since = vm.idle_since if busy.get(vm.id, 0) == 0 else None
+            if vm.cluster_id is not None:  # a cluster's VM: counts toward quotas, takes no job, never idles
+                free, idle_since = 0, None
             by_cloud[vm.cloud].append(
                 VMView(
                     vm.id,
@@ -117,12 +126,14 @@ class Provisioner:
                     idle_since,
                     created_at=vm.created_at,
                     jobs_run=vm.jobs_run,
+                    image=endorsed,
+                    image_tags=ci.tags.get(endorsed, frozenset()) if ci is not None and endorsed else frozenset(),
                 )
             )
         shutdowns = self.sites.active_shutdowns()
         overrides = self.sites.capacity_overrides()
         clouds = tuple(
-            self._cloud_view(name, settings, by_cloud[name], now, shutdowns, overrides)
+            self._cloud_view(name, settings, by_cloud[name], now, shutdowns, overrides, images.get(name))
             for name, settings in self._configured()
         )
         pledges = {
@@ -142,6 +153,13 @@ class Provisioner:
         cores = sum(c.max_vms * max(f.cores for f in c.flavors.values()) for _, c in self._configured())
         return 2 * cores + 1
 
+    def _cloud_images(self, now: float) -> dict[str, CloudImages]:
+        """What each cloud may boot now, under the image lists held (read once per cycle)."""
+        if self.images is None:
+            return {}
+        catalog = self.images.catalog()
+        return {name: self.images.cloud_images(name, catalog, now) for name, _ in self._configured()}
+
     def _configured(self) -> list[tuple[str, CloudSettings]]:
         return [(name, settings) for name, settings in self.config.clouds.items() if name in self.drivers]
 
@@ -153,8 +171,10 @@ class Provisioner:
         now: float,
         shutdowns: list[ScheduledShutdown],
         overrides: dict[str, int],
+        images: CloudImages | None = None,
     ) -> CloudView:
         failures, last_failure = self.vms.boot_failures_in_row(name)
+        image_fields = self.images.view_fields(name, images) if self.images and images else {"vos": c.served_vos()}
         mode = CloudMode(c.mode)
         recent_ends: tuple[VMEnd, ...] = ()
         if mode is CloudMode.VACUUM:
@@ -166,7 +186,6 @@ class Provisioner:
         return CloudView(
             name=name,
             flavors=c.flavor_list(),
-            vos=c.served_vos(),
             max_vms=overrides.get(name, c.max_vms_at(now)),
             max_cores=c.max_cores,
             max_memory_mb=c.max_memory_mb,
@@ -187,6 +206,7 @@ class Provisioner:
             backoff_seconds=c.backoff_seconds,
             recent_ends=recent_ends,
             shutdown_pending=any(s.vm_id is None and s.covers(c.site, name, "") for s in shutdowns),
+            **image_fields,
         )
 
     # --- acting -----------------------------------------------------------------------------------------
@@ -195,6 +215,14 @@ class Provisioner:
         settings = self.config.clouds[action.cloud]
         flavor = settings.flavors[action.flavor]
         image = settings.images.get(action.vo, settings.images.get("*"))
+        endorsed, image_tags = None, frozenset[str]()
+        if self.images is not None:
+            # Checked again now, whatever the policy saw: an image not endorsed at this moment never boots.
+            choice = self.images.boot_choice(action.cloud, action.vo, action.image, now)
+            if choice.refused:
+                log.warning("no VM started on %s for %s: %s", action.cloud, action.vo, choice.refused)
+                return
+            image, endorsed, image_tags = choice.image_id, choice.identifier, choice.tags
         # A VM started while a shutdown of its cloud is pending knows that deadline from the start.
         deadlines = [
             s.deadline
@@ -234,7 +262,8 @@ class Provisioner:
                 memory_mb=flavor.memory_mb,
                 site=settings.site,
                 cloud=action.cloud,
-                tags=tuple(settings.tags),
+                tags=(*settings.tags, *sorted(image_tags - set(settings.tags))),
+                image=endorsed,
                 lifetime_seconds=settings.max_lifetime_seconds,
                 idle_timeout_seconds=self.config.provisioner.pilot_idle_timeout_seconds,
                 machinefeatures_url=f"{server_url.rstrip('/')}/mjf/{vm_id}/machine",

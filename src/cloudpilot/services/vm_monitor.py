@@ -66,8 +66,9 @@ class VMMonitor:
     def _timeouts(self, vm: VM, now: float, busy_cores: int) -> list[str]:
         settings = self.config.clouds.get(vm.cloud)
         boot_timeout = settings.boot_timeout_seconds if settings else 600.0
+        who = "pilot" if vm.cluster_id is None else "cluster agent"  # a cluster VM runs an agent, no pilot
         if vm.state is VMState.BOOTING and now - vm.created_at > boot_timeout:
-            reason = f"boot timeout: no pilot after {boot_timeout:.0f} s"
+            reason = f"boot timeout: no {who} after {boot_timeout:.0f} s"
             self.vms.move(vm.id, VMState.FAILED, now, reason, failure_reason=reason)
             return [f"{vm.id} failed: {reason}"]
         if vm.state is VMState.BOOTING:
@@ -76,7 +77,7 @@ class VMMonitor:
             return [self._shut_down(vm, now)]
         silent = now - (vm.last_seen_at or vm.booted_at or vm.created_at)
         if silent > self.config.provisioner.lost_after_seconds:
-            return [self._lose(vm, now, f"no word from its pilot for {silent:.0f} s")]
+            return [self._lose(vm, now, f"no word from its {who} for {silent:.0f} s")]
         if vm.expires_at is not None and now >= vm.expires_at:
             self.vms.move(vm.id, VMState.HALTED, now, "maximum lifetime reached", shutdown_message="lifetime reached")
             return [f"{vm.id} halted: maximum lifetime"]

@@ -157,6 +157,7 @@ class JobRepository:
                     "sites_allow": json.dumps(sorted(req.sites.allow)),
                     "sites_deny": json.dumps(sorted(req.sites.deny)),
                     "created_at": now,
+                    "image": req.image,
                 }
         known = self._lookup_task_queues(conn, list(new))
         missing = [row for key, row in new.items() if key not in known]

@@ -60,13 +60,27 @@ def _site_control(conn: Connection) -> None:
         _add_column(conn, "vms", column, ddl)
 
 
+def _image_lists(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.image_subscriptions, schema.images, schema.image_revocations])
+    _add_column(conn, "task_queues", "image", "VARCHAR(200)")
+
+
+def _clusters(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.clusters, schema.cluster_services, schema.cluster_instances])
+    _add_column(conn, "vms", "cluster_id", "BIGINT")
+    _add_column(conn, "vms", "cluster_service", "VARCHAR(100)")
+    schema.ix_vms_cluster.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
     (2, "VMs and their history; tokens and pilots bound to a VM", _vms),
     (3, "site control (shutdowns, VO switches, capacity), event chunks, accounting records", _site_control),
+    (4, "image lists: subscriptions, held images, revocations; the image a task queue requires", _image_lists),
+    (5, "clusters of services; the cluster and service of a VM", _clusters),
 ]
 
-LATEST = MIGRATIONS[-1][0]
+LATEST = max(version for version, _, _ in MIGRATIONS)  # steps may be added out of order
 
 
 def current_version(db: Database) -> int:

@@ -61,4 +61,5 @@ def task_queue_from_row(row: Mapping[str, Any]) -> TaskQueue:
         tags=frozenset(json.loads(row["tags"])),
         sites_allow=frozenset(json.loads(row["sites_allow"])),
         sites_deny=frozenset(json.loads(row["sites_deny"])),
+        image=row.get("image"),
     )

@@ -57,6 +57,7 @@ task_queues = Table(
     Column("sites_allow", Text, nullable=False),  # JSON list
     Column("sites_deny", Text, nullable=False),  # JSON list
     Column("created_at", Float, nullable=False),
+    Column("image", String(200)),  # the endorsed image the jobs require (migration 4)
 )
 
 jobs = Table(
@@ -171,9 +172,13 @@ vms = Table(
     Column("hs06", Float),
     Column("shutdown_deadline", Float),  # a scheduled shutdown's deadline (the earliest that applies)
     Column("permission", Text),  # the last refusal of the site's policy, if any
+    # migration 5: the cluster and service a VM belongs to (None: a pilot VM of the provisioner)
+    Column("cluster_id", Id),
+    Column("cluster_service", String(100)),
 )
 Index("ix_vms_state_cloud", vms.c.state, vms.c.cloud)
 Index("ix_vms_cloud_created", vms.c.cloud, vms.c.created_at)
+ix_vms_cluster = Index("ix_vms_cluster", vms.c.cluster_id)
 
 vm_events = Table(
     "vm_events",
@@ -284,3 +289,94 @@ job_usage = Table(
     Column("attempts", Integer, nullable=False),
 )
 Index("ix_job_usage_ended", job_usage.c.ended_at)
+
+# --- clusters of services (migration 5) ------------------------------------------------------------------------
+
+clusters = Table(
+    "clusters",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("name", String(100), nullable=False),
+    Column("vo", String(100), nullable=False),
+    Column("owner", String(200), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("definition", Text, nullable=False),  # JSON of the ClusterDefinition
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+Index("ix_clusters_vo_owner", clusters.c.vo, clusters.c.owner)
+
+cluster_services = Table(
+    "cluster_services",
+    metadata,
+    Column("cluster_id", Id, ForeignKey("clusters.id"), primary_key=True),
+    Column("name", String(100), primary_key=True),
+    Column("position", Integer, nullable=False),  # in the start order
+    Column("desired", Integer, nullable=False),  # instances wanted now, within the service's min and max
+    Column("note", Text, nullable=False, default=""),  # what it waits for
+)
+
+# What the agent of each cluster VM reported (one row once it has reported).
+cluster_instances = Table(
+    "cluster_instances",
+    metadata,
+    Column("vm_id", String(64), ForeignKey("vms.id"), primary_key=True),
+    Column("cluster_id", Id, ForeignKey("clusters.id"), nullable=False, index=True),
+    Column("service", String(100), nullable=False),
+    Column("address", String(64)),
+    Column("port", Integer),
+    Column("hostname", String(255)),
+    Column("reported_at", Float),
+    Column("ready_at", Float),
+)
+
+# --- image lists (migration 4) ------------------------------------------------------------------------------------
+
+image_subscriptions = Table(
+    "image_subscriptions",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("url", Text, nullable=False),
+    Column("signature_url", Text, nullable=False),
+    Column("endorser_key", Text, nullable=False),  # the trusted public key (PEM)
+    Column("endorser_fingerprint", String(100), nullable=False),
+    Column("endorser_name", String(500)),  # the hv:endorser DN required, if any
+    Column("refresh_seconds", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("created_by", String(200), nullable=False),
+    # the list held: its canonical JSON, signature and what identifies it
+    Column("list_identifier", String(200)),
+    Column("version", String(50)),
+    Column("document", Text),
+    Column("signature", Text),
+    Column("expires_at", Float),
+    Column("fetched_at", Float),  # when the list held was fetched and verified
+    Column("checked_at", Float),  # the last attempt, successful or not
+    Column("last_error", Text),  # why the last attempt was refused or failed (None: it succeeded)
+)
+
+# Images of the held lists, one row per dc:identifier (an identifier belongs to one subscription).
+images = Table(
+    "images",
+    metadata,
+    Column("identifier", String(200), primary_key=True),
+    Column("subscription_id", Id, ForeignKey("image_subscriptions.id"), nullable=False, index=True),
+    Column("list_identifier", String(200), nullable=False),
+    Column("list_version", String(50), nullable=False),
+    Column("entry", Text, nullable=False),  # JSON of its hv:image
+    Column("expires_at", Float, nullable=False),  # the earlier of the list's and its own expiry
+    Column("listed", Boolean, nullable=False),  # False: a newer version of its list dropped it
+    Column("rejected_reason", Text),  # its file did not match hv:size / sl:checksum:sha512
+    Column("local_path", Text),  # the verified file (clouds that register images themselves)
+    Column("updated_at", Float, nullable=False),
+)
+
+# A site's revocation holds for the identifier whatever list endorses it, until reinstated.
+image_revocations = Table(
+    "image_revocations",
+    metadata,
+    Column("identifier", String(200), primary_key=True),
+    Column("revoked_at", Float, nullable=False),
+    Column("revoked_by", String(200), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+)

@@ -48,6 +48,7 @@ from cloudpilot.domain.clusters import (
 from cloudpilot.domain.vms import VM, VM_TRANSITIONS, VMState
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
+from cloudpilot.services.images import ImageService
 from cloudpilot.store.clusters import ClusterRepository
 from cloudpilot.store.errors import Conflict, NotFound
 from cloudpilot.store.sites import SiteRepository
@@ -122,6 +123,7 @@ class ClusterService:
     sites: SiteRepository
     server_url: Callable[[], str]  # where VMs reach this server (known once it listens)
     probe: Callable[[str, float], bool] = http_ok  # health checks; tests pass their own
+    images: ImageService | None = None  # with image lists in force, cluster VMs boot endorsed images only
 
     # --- use cases --------------------------------------------------------------------------------------------
 
@@ -295,12 +297,18 @@ class ClusterService:
             flavor = self._flavor(settings, cloud, name, spec)
         except BadInput as exc:
             return str(exc), []
+        image = settings.images.get(view.cluster.vo, settings.images.get("*"))
+        if self.images is not None:  # with image lists in force, only an endorsed image boots
+            choice = self.images.boot_choice(cloud, view.cluster.vo, None, now)
+            if choice.refused:
+                return f"no image may boot on {cloud}: {choice.refused}", []
+            image = choice.image_id
         started: list[str] = []
         for _ in range(missing):
             full = self._no_room(cloud, settings, flavor, now)
             if full:
                 return full, started
-            started.append(self._launch(view, name, cloud, settings, flavor, now))
+            started.append(self._launch(view, name, cloud, settings, flavor, image, now))
         return "", started
 
     def _tear_down(self, view: ClusterView, now: float) -> list[str]:
@@ -325,11 +333,17 @@ class ClusterService:
     # --- acting -----------------------------------------------------------------------------------------------
 
     def _launch(
-        self, view: ClusterView, name: str, cloud: str, settings: CloudSettings, flavor_name: str, now: float
+        self,
+        view: ClusterView,
+        name: str,
+        cloud: str,
+        settings: CloudSettings,
+        flavor_name: str,
+        image: str | None,
+        now: float,
     ) -> str:
         cluster = view.cluster
         flavor = settings.flavors[flavor_name]
-        image = settings.images.get(cluster.vo, settings.images.get("*"))
         vm_id = f"vm-{secrets.token_hex(6)}"
         expires = now + settings.max_lifetime_seconds
         deadlines = [

@@ -123,7 +123,14 @@ class Services:
             ),
             sites=SiteControl(config, site_repo, vm_repo, site_policy),
             clusters=ClusterService(
-                config, ClusterRepository(db), vm_repo, tokens, drivers, site_repo, lambda: services.vm_server_url()
+                config,
+                ClusterRepository(db),
+                vm_repo,
+                tokens,
+                drivers,
+                site_repo,
+                lambda: services.vm_server_url(),
+                images=images,
             ),
             images=images,
         )

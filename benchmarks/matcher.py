@@ -6,7 +6,7 @@ For each database (SQLite; PostgreSQL when reachable) and each queue size it
 3. starts ``cloudpilot server`` and measures matches over HTTP with concurrent pilot clients
    (separate processes, keep-alive connections), each match a full HTTP round trip with token check,
 4. measures bulk submission over HTTP (one parametric request, one list request),
-then prints a table. Offers and jobs come from ``lhcb_workload`` (the real 2026-03-28 snapshot when
+then prints a table. Offers and jobs come from ``cloudpilot.sim.lhcb`` (the real 2026-03-28 snapshot when
 ``../shared`` is there, an embedded model of it otherwise).
 
     python benchmarks/matcher.py [--sizes 100000 1000000] [--backends sqlite postgresql] [--http-seconds 20]
@@ -30,12 +30,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.lhcb_workload import load_model
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Role
 from cloudpilot.domain.jobs import JobSpec
 from cloudpilot.domain.matching import Offer
 from cloudpilot.services.container import Services
+from cloudpilot.sim.lhcb import load_model
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -287,6 +287,29 @@ def print_table(rows: list[dict[str, object]]) -> None:
     print(f"workload: {load_model().describe().splitlines()[0]}")
 
 
+def size_tag(n: int) -> str:
+    """``1e6`` for a power of ten, the number otherwise: the size part of a figure's name."""
+    exp = len(str(n)) - 1
+    return f"1e{exp}" if n == 10**exp else str(n)
+
+
+def print_figures(r: dict[str, object]) -> None:
+    """Machine-readable lines ``FIGURE name=value unit`` for ``benchmarks/run``."""
+    ip, h, b = r["inproc"], r["http"], r["bulk"]
+    key = f"matcher_{r['backend']}_{size_tag(r['jobs'])}"  # type: ignore[arg-type]
+    print(f"FIGURE {key}_fill_rate={r['fill_jobs_per_s']:.0f} jobs/s")
+    print(f"FIGURE {key}_inproc_rate={ip['rate']:.0f} matches/s")  # type: ignore[index]
+    print(f"FIGURE {key}_inproc_p50_ms={ip['p50'] * 1e3:.2f} ms")  # type: ignore[index]
+    print(f"FIGURE {key}_inproc_p99_ms={ip['p99'] * 1e3:.2f} ms")  # type: ignore[index]
+    print(f"FIGURE {key}_http_rate={h['rate']:.0f} matches/s")  # type: ignore[index]
+    print(f"FIGURE {key}_http_p50_ms={h['p50'] * 1e3:.2f} ms")  # type: ignore[index]
+    print(f"FIGURE {key}_http_p99_ms={h['p99'] * 1e3:.2f} ms")  # type: ignore[index]
+    print(f"FIGURE {key}_http_errors={h['errors']} requests")  # type: ignore[index]
+    print(f"FIGURE {key}_http_clients={h['clients']} clients")  # type: ignore[index]
+    print(f"FIGURE {key}_bulk_parametric_rate={b['parametric']:.0f} jobs/s")  # type: ignore[index]
+    print(f"FIGURE {key}_bulk_list_rate={b['list']:.0f} jobs/s", flush=True)  # type: ignore[index]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -301,7 +324,11 @@ def main() -> None:
     backends = [b for b in args.backends if b != "postgresql" or pg_reachable()]
     if len(backends) < len(args.backends):
         print("PostgreSQL is not reachable on 127.0.0.1:5432: skipping it")
-    rows = [run(backend, size, args) for backend in backends for size in args.sizes]
+    rows = []
+    for backend in backends:
+        for size in args.sizes:
+            rows.append(run(backend, size, args))
+            print_figures(rows[-1])
     print_table(rows)
     print(f"machine: {os.cpu_count()} cores; python {sys.version.split()[0]}")
 

@@ -151,6 +151,8 @@ def main() -> None:
     print(f"  p50 {statistics.median(times) * 1e3:.1f} ms, max {max(times) * 1e3:.1f} ms over {args.repeat} cycles"
           f" (target <= 100 ms)")  # fmt: skip
     print(f"  decision: start {started:,} VMs in {n_starts} start actions, stop {stopped} idle VMs, drain {drained}")
+    print(f"FIGURE decide_p50_ms={statistics.median(times) * 1e3:.1f} ms")
+    print(f"FIGURE decide_max_ms={max(times) * 1e3:.1f} ms")
 
 
 if __name__ == "__main__":

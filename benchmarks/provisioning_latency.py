@@ -66,6 +66,8 @@ def main() -> None:
             f"  p50 {statistics.median(latencies):.2f} s, max {max(latencies):.2f} s over {args.rounds} rounds"
             f" (target <= 3 s)"
         )
+        print(f"FIGURE submit_to_running_p50_s={statistics.median(latencies):.2f} s")
+        print(f"FIGURE submit_to_running_max_s={max(latencies):.2f} s")
     finally:
         server.stop()
 

@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from benchmarks.lhcb_workload import DEFAULT_DATA_DIR, VO, QueueClass, WorkloadModel, load_model, offer_fits
 
 from cloudpilot.domain.jobs import JobSpec
 from cloudpilot.domain.matching import Offer, TaskQueue, fits
+from cloudpilot.sim.lhcb import DEFAULT_DATA_DIR, VO, QueueClass, WorkloadModel, load_model, offer_fits
 
 N_SAMPLE = 10_000
 

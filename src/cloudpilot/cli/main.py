@@ -5,10 +5,13 @@ from __future__ import annotations
 import typer
 
 from cloudpilot.cli import accounting as accounting_cmds
+from cloudpilot.cli import clusters as cluster_cmds
 from cloudpilot.cli import demo as demo_cmds
+from cloudpilot.cli import images as image_cmds
 from cloudpilot.cli import jobs as job_cmds
 from cloudpilot.cli import pilot as pilot_cmds
 from cloudpilot.cli import server as server_cmds
+from cloudpilot.cli import simulate as simulate_cmds
 from cloudpilot.cli import sites as site_cmds
 from cloudpilot.cli import vms as vm_cmds
 
@@ -25,6 +28,8 @@ app.add_typer(vm_app, name="vm")
 site_app = typer.Typer(help="Site control: drain VMs by a deadline, show a site (site token).", no_args_is_help=True)
 app.add_typer(site_app, name="site")
 app.add_typer(accounting_cmds.app, name="accounting")
+app.add_typer(image_cmds.app, name="image")
+app.add_typer(cluster_cmds.app, name="cluster")
 
 app.command("server")(server_cmds.server)
 token_app.command("create")(server_cmds.token_create)
@@ -44,6 +49,7 @@ site_app.command("status")(site_cmds.status)
 site_app.command("cancel")(site_cmds.cancel)
 app.command("pilot", context_settings=pilot_cmds.CONTEXT_SETTINGS, add_help_option=False)(pilot_cmds.pilot)
 app.command("demo")(demo_cmds.demo)
+app.command("simulate")(simulate_cmds.simulate)
 
 if __name__ == "__main__":
     app()

@@ -29,7 +29,9 @@ class ProvisioningKnobs(BaseModel):
     min_work_seconds_per_core: float = Field(
         300.0, ge=0, description="A VM starts only for at least this much estimated work per core (CPUPerInstance)."
     )
-    idle_seconds: float = Field(300.0, gt=0, description="A running VM with no job for this long is stopped.")
+    idle_seconds: float = Field(
+        120.0, gt=0, description="A running VM with no job for this long is stopped (docs/simulator.md: why 120 s)."
+    )
     backoff_initial_seconds: float = Field(300.0, gt=0, description="Back-off of a cloud after a boot failure.")
     backoff_max_seconds: float = Field(1800.0, gt=0, description="Longest back-off; it doubles per failure.")
     cloud_order: CloudOrder = Field(CloudOrder.PRICE, description="Which clouds are filled first.")

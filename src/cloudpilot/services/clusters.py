@@ -17,7 +17,6 @@ their cloud count them, the VM monitor times out their boots and loses them when
 from __future__ import annotations
 
 import logging
-import secrets
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -49,6 +48,7 @@ from cloudpilot.domain.vms import VM, VM_TRANSITIONS, VMState
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
 from cloudpilot.services.images import ImageService
+from cloudpilot.services.vm_records import cloud_shutdown_deadline, requested_vm
 from cloudpilot.store.clusters import ClusterRepository
 from cloudpilot.store.errors import Conflict, NotFound
 from cloudpilot.store.sites import SiteRepository
@@ -343,35 +343,12 @@ class ClusterService:
         now: float,
     ) -> str:
         cluster = view.cluster
-        flavor = settings.flavors[flavor_name]
-        vm_id = f"vm-{secrets.token_hex(6)}"
-        expires = now + settings.max_lifetime_seconds
-        deadlines = [
-            s.deadline
-            for s in self.sites.active_shutdowns(settings.site)
-            if s.vm_id is None and s.covers(settings.site, cloud, "")
-        ]
-        self.vms.create(
-            VM(
-                vm_id,
-                cloud,
-                cluster.vo,
-                flavor_name,
-                flavor.cores,
-                flavor.memory_mb,
-                VMState.REQUESTED,
-                now,
-                now,
-                expires_at=expires,
-                site=settings.site,
-                image=image,
-                hs06=flavor.cores * settings.hs06_per_core,
-                shutdown_deadline=min(deadlines, default=None),
-                cluster_id=cluster.id,
-                cluster_service=name,
-            ),
-            f"cluster {cluster.id} ({cluster.name}): service {name}",
+        deadline = cloud_shutdown_deadline(self.sites, cloud, settings)
+        vm = requested_vm(
+            cloud, settings, cluster.vo, flavor_name, image, deadline, now, cluster_id=cluster.id, cluster_service=name
         )
+        vm_id, expires = vm.id, vm.expires_at
+        self.vms.create(vm, f"cluster {cluster.id} ({cluster.name}): service {name}")
         token = self.tokens.create(
             Role.PILOT, f"cluster {cluster.id} agent of {vm_id}", now, vo=agent_vo(cluster.id), expires_at=expires,
             vm_id=vm_id,

@@ -9,7 +9,6 @@ minted for it alone; the cloud's answer moves it to ``booting`` or ``failed`` (w
 from __future__ import annotations
 
 import logging
-import secrets
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,9 +33,10 @@ from cloudpilot.domain.provisioning import (
     VMView,
     WorkClass,
 )
-from cloudpilot.domain.vms import VM, VM_TRANSITIONS, VMState
+from cloudpilot.domain.vms import VM_TRANSITIONS, VMState
 from cloudpilot.policy.base import DefaultPolicy, ProvisioningPolicy
 from cloudpilot.services.images import ImageService
+from cloudpilot.services.vm_records import cloud_shutdown_deadline, requested_vm
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.sites import ScheduledShutdown, SiteRepository
 from cloudpilot.store.tokens import TokenRepository
@@ -223,34 +223,11 @@ class Provisioner:
                 log.warning("no VM started on %s for %s: %s", action.cloud, action.vo, choice.refused)
                 return
             image, endorsed, image_tags = choice.image_id, choice.identifier, choice.tags
-        # A VM started while a shutdown of its cloud is pending knows that deadline from the start.
-        deadlines = [
-            s.deadline
-            for s in self.sites.active_shutdowns(settings.site)
-            if s.vm_id is None and s.covers(settings.site, action.cloud, "")
-        ]
+        deadline = cloud_shutdown_deadline(self.sites, action.cloud, settings)
         for _ in range(action.count):
-            vm_id = f"vm-{secrets.token_hex(6)}"
-            expires = now + settings.max_lifetime_seconds
-            self.vms.create(
-                VM(
-                    vm_id,
-                    action.cloud,
-                    action.vo,
-                    action.flavor,
-                    flavor.cores,
-                    flavor.memory_mb,
-                    VMState.REQUESTED,
-                    now,
-                    now,
-                    expires_at=expires,
-                    site=settings.site,
-                    image=image,
-                    hs06=flavor.cores * settings.hs06_per_core,
-                    shutdown_deadline=min(deadlines, default=None),
-                ),
-                action.reason,
-            )
+            vm = requested_vm(action.cloud, settings, action.vo, action.flavor, image, deadline, now)
+            vm_id, expires = vm.id, vm.expires_at
+            self.vms.create(vm, action.reason)
             token = self.tokens.create(Role.PILOT, vm_id, now, vo=action.vo, expires_at=expires, vm_id=vm_id).token
             server_url = self.server_url()
             context = PilotContext(

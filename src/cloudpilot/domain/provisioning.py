@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloudpilot.domain.matching import TaskQueue
 from cloudpilot.domain.vms import Flavor, VMState
 
 
@@ -50,6 +51,18 @@ class WorkClass:
     sites_deny: frozenset[str]
     waiting: int
     image: str | None = None  # the endorsed image the jobs must run on (docs/images.md)
+
+    @classmethod
+    def of(cls, tq: TaskQueue, waiting: int) -> WorkClass:
+        """The waiting jobs of a task queue (the server and the simulator build their snapshots with it)."""
+        return cls(
+            tq.vo, tq.cores, tq.memory_mb, tq.wall_seconds, tq.tags, tq.sites_allow, tq.sites_deny, waiting, tq.image
+        )
+
+    @classmethod
+    def any_of(cls, vo: str) -> WorkClass:
+        """The least a VO's job can ask: what "may this cloud run anything of the VO" is asked with."""
+        return cls(vo, 1, None, 1, frozenset(), frozenset(), frozenset(), 1)
 
 
 @dataclass(frozen=True, slots=True)

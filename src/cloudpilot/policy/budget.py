@@ -44,7 +44,7 @@ def image_for(cloud: CloudView, wc: WorkClass) -> str | None:
 
 def boots_for(cloud: CloudView, vo: str) -> bool:
     """Whether the cloud may boot a VM for the VO's jobs that need no particular image or tag."""
-    return image_for(cloud, WorkClass(vo, 1, None, 1, frozenset(), frozenset(), frozenset(), 1)) is not None
+    return image_for(cloud, WorkClass.any_of(vo)) is not None
 
 
 def suits(cloud: CloudView, wc: WorkClass) -> bool:

@@ -127,9 +127,9 @@ class ImageService:
             return BootChoice(settings.images.get(vo, settings.images.get("*")))
         if image is None:
             view = self._view(cloud, ci)
-            image = image_for(view, _any_work(vo))
+            image = image_for(view, WorkClass.any_of(vo))
             if image is None:
-                return BootChoice(refused=self._why_not(view, ci, _any_work(vo), catalog, now))
+                return BootChoice(refused=self._why_not(view, ci, WorkClass.any_of(vo), catalog, now))
         if image not in ci.bootable:
             return BootChoice(refused=ci.refused.get(image, f"image {image} is no endorsed image of cloud {cloud}"))
         return BootChoice(ci.mapping[image], image, ci.bootable[image])
@@ -470,10 +470,6 @@ class ImageService:
             entry = self.repo.entry(identifier)
             body["entry"] = {k: entry[k] for k in sorted(entry)}
         return body
-
-
-def _any_work(vo: str) -> WorkClass:
-    return WorkClass(vo, 1, None, 1, frozenset(), frozenset(), frozenset(), 1)
 
 
 def _check_url(url: str, field_name: str) -> None:

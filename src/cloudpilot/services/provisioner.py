@@ -89,20 +89,7 @@ class Provisioner:
     # --- reading ----------------------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> ProvisioningSnapshot:
-        work = tuple(
-            WorkClass(
-                vo=tq.vo,
-                cores=tq.cores,
-                memory_mb=tq.memory_mb,
-                wall_seconds=tq.wall_seconds,
-                tags=tq.tags,
-                sites_allow=tq.sites_allow,
-                sites_deny=tq.sites_deny,
-                waiting=n,
-                image=tq.image,
-            )
-            for tq, n in self.jobs.waiting_per_task_queue(cap=self._placeable_jobs())
-        )
+        work = tuple(WorkClass.of(tq, n) for tq, n in self.jobs.waiting_per_task_queue(cap=self._placeable_jobs()))
         images = self._cloud_images(now)
         live = self.vms.list(states={s for s in VMState if not s.is_final})
         busy = self.jobs.active_cores_by_vm()

@@ -175,8 +175,7 @@ class SimProvisioner:
         if cached is not None and cached[0] == waiting:
             return cached[1]
         tq = cls.tq
-        view = WorkClass(tq.vo, tq.cores, tq.memory_mb, tq.wall_seconds, tq.tags, tq.sites_allow, tq.sites_deny,
-                         waiting)  # fmt: skip
+        view = WorkClass.of(tq, waiting)
         self._work_views[tq.id] = (waiting, view)
         return view
 

@@ -58,7 +58,7 @@ def image_of(cloud: CloudView, wc: WorkClass) -> str | None:
 
 def plain_image(cloud: CloudView, vo: str) -> str | None:
     """The image a VM for the VO's jobs that need no particular image or tag boots (site-driven starts)."""
-    return image_of(cloud, WorkClass(vo, 1, None, 1, frozenset(), frozenset(), frozenset(), 1))
+    return image_of(cloud, WorkClass.any_of(vo))
 
 
 @dataclass

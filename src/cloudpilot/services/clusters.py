@@ -418,7 +418,7 @@ class ClusterService:
     def _no_room(self, cloud: str, settings: CloudSettings, flavor_name: str, now: float) -> str:
         """Why one more VM of ``flavor_name`` may not start on ``cloud`` now ('' if it may): its quotas count
         every VM not yet destroyed, pilot VMs included, as the provisioner's do."""
-        if any(s.vm_id is None and s.covers(settings.site, cloud, "") for s in self.sites.active_shutdowns()):
+        if any(s.closes(settings.site, cloud) for s in self.sites.active_shutdowns(settings.site)):
             return f"cloud {cloud} has a shutdown pending"
         held = self.vms.list(states={s for s in VMState if not s.is_final}, cloud=cloud)
         max_vms = self.sites.capacity_overrides().get(cloud, settings.max_vms_at(now))

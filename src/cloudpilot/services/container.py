@@ -76,7 +76,7 @@ class Services:
         matcher = MatchService(job_repo, config)
         site_repo = SiteRepository(db)
         records = AccountingRepository(db)
-        site_policy = SitePolicy(config, site_repo, job_repo)
+        site_policy = SitePolicy(config, site_repo, matcher)
         services: Services
         job_service = JobService(job_repo, sandbox_store, config, on_new_work=lambda: services.new_work())
 

@@ -74,6 +74,12 @@ class MatchService:
                 snapshot.empty.add(tq.id)
         return None
 
+    def waiting_task_queues(self, now: float) -> list[TaskQueue]:
+        """The task queues with waiting jobs, as the current snapshot has them (no query of its own)."""
+        snapshot = self._current(now)
+        with self._lock:
+            return [tq for tq_id, tq in snapshot.task_queues.items() if tq_id not in snapshot.empty]
+
     def _charge(self, snapshot: _Snapshot, job: Job) -> None:
         """Count the job's cores at once, so a burst of matches spreads over VOs and users as shares say."""
         weight = job.cores * self.config.fair_share.half_life_seconds

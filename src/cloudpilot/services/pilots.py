@@ -162,8 +162,7 @@ class PilotService:
         self._held(principal, job_id, lease_token, allow_killed=True)
         shutdowntime = None
         if principal.vm_id is not None and self.vm_activity is not None:
-            self.vm_activity.seen(principal.vm_id, now, matched=False)
-            shutdowntime = self.vm_activity.shutdown_deadline(principal.vm_id)
+            shutdowntime = self.vm_activity.heartbeat(principal.vm_id, now)
         job = self.jobs.heartbeat(
             job_id, lease_token, now, self.config.lease.seconds, cpu_seconds, max_rss_bytes, progress
         )

@@ -192,7 +192,7 @@ class Provisioner:
             fizzle_seconds=c.fizzle_seconds,
             backoff_seconds=c.backoff_seconds,
             recent_ends=recent_ends,
-            shutdown_pending=any(s.vm_id is None and s.covers(c.site, name, "") for s in shutdowns),
+            shutdown_pending=any(s.closes(c.site, name) for s in shutdowns),
             **image_fields,
         )
 

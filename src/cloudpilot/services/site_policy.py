@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.shutdown import ShutdownCode
 from cloudpilot.services.errors import Forbidden
-from cloudpilot.store.jobs import JobRepository
+from cloudpilot.services.matcher import MatchService
 from cloudpilot.store.sites import SiteRepository, VOSwitch
 
 REFRESH_SECONDS = 1.0
@@ -38,12 +38,12 @@ class _Figures:
     running: dict[tuple[str, str], int]
     switches: dict[tuple[str, str], VOSwitch]
     waiting_vos: dict[str, set[str]]  # site -> VOs with waiting work that may run there
-    core_hours: dict[tuple[str, str, float], float] = field(default_factory=dict)  # (site, vo, period) -> used
+    core_hours: dict[float, dict[tuple[str, str], float]] = field(default_factory=dict)  # period -> (site, vo) -> used
 
 
 class SitePolicy:
-    def __init__(self, config: ServerConfig, sites: SiteRepository, jobs: JobRepository) -> None:
-        self.config, self.sites, self.jobs = config, sites, jobs
+    def __init__(self, config: ServerConfig, sites: SiteRepository, matcher: MatchService) -> None:
+        self.config, self.sites, self.matcher = config, sites, matcher
         self._figures: _Figures | None = None
         self._lock = threading.Lock()
 
@@ -56,7 +56,7 @@ class SitePolicy:
             seconds_left = until_deadline if seconds_left is None else min(seconds_left, until_deadline)
         if site is None or vo is None:
             return Permission(seconds_left)
-        figures = self._current()
+        figures = self._current(now)
         switch = figures.switches.get((site, vo))
         site_config = self.config.site_config(site)
         if switch is not None and not switch.enabled:
@@ -92,27 +92,27 @@ class SitePolicy:
         with self._lock:
             self._figures = None
 
-    def _current(self) -> _Figures:
-        now = time.monotonic()
+    def _current(self, now: float) -> _Figures:
+        read_at = time.monotonic()
         with self._lock:
-            if self._figures is not None and now - self._figures.read_at < REFRESH_SECONDS:
+            if self._figures is not None and read_at - self._figures.read_at < REFRESH_SECONDS:
                 return self._figures
             figures = _Figures(
-                read_at=now,
+                read_at=read_at,
                 running=self.sites.running_cores(),
                 switches=self.sites.vo_switches(),
-                waiting_vos=self._waiting_vos(),
+                waiting_vos=self._waiting_vos(now),
             )
             self._figures = figures
             return figures
 
-    def _waiting_vos(self) -> dict[str, set[str]]:
+    def _waiting_vos(self, now: float) -> dict[str, set[str]]:
         """Per site with pledges, the VOs whose waiting jobs may run there."""
         pledged = {name for name, s in self.config.sites.items() if s.pledges}
         found: dict[str, set[str]] = {site: set() for site in pledged}
         if not pledged:
             return found
-        for tq in self.jobs.waiting_task_queues():
+        for tq in self.matcher.waiting_task_queues(now):  # the matcher's snapshot: no query of its own
             for site in pledged:
                 if site in tq.sites_deny or (tq.sites_allow and site not in tq.sites_allow):
                     continue
@@ -120,9 +120,8 @@ class SitePolicy:
         return found
 
     def _core_hours(self, figures: _Figures, site: str, vo: str, period: float, now: float) -> float:
-        key = (site, vo, period)
+        """One query per period for every site and VO, not one per pledge."""
         with self._lock:
-            if key not in figures.core_hours:
-                used = self.sites.core_hours_since(now - period, now)
-                figures.core_hours[key] = used.get((site, vo), 0.0)
-            return figures.core_hours[key]
+            if period not in figures.core_hours:
+                figures.core_hours[period] = self.sites.core_hours_since(now - period, now)
+            return figures.core_hours[period].get((site, vo), 0.0)

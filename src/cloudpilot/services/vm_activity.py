@@ -27,7 +27,7 @@ class VMActivity:
                 vm_id, VMState.RUNNING, now, "pilot registered", booted_at=now, last_seen_at=now, idle_since=now
             )
         else:
-            self.vms.update(vm_id, now, last_seen_at=now)
+            self.vms.touch(vm_id, now)
 
     def vm_for_work(self, vm_id: str) -> VM | None:
         """The VM, if it may take new work: a draining VM (or one being stopped) gets no new job; its pilot
@@ -38,11 +38,9 @@ class VMActivity:
             return None
         return vm if vm.state in (VMState.BOOTING, VMState.RUNNING) else None
 
-    def shutdown_deadline(self, vm_id: str) -> float | None:
-        try:
-            return self.vms.get(vm_id).shutdown_deadline
-        except NotFound:
-            return None
+    def heartbeat(self, vm_id: str, now: float) -> float | None:
+        """Its pilot is alive; returns the VM's scheduled shutdown deadline, if any."""
+        return self.vms.touch(vm_id, now)
 
     def refused(self, vm: VM, reason: str, now: float) -> None:
         """Keep the site policy's refusal on the VM's record (written only when it changes)."""
@@ -53,7 +51,7 @@ class VMActivity:
         if matched:
             self.vms.increment_jobs(vm_id, now)
         else:
-            self.vms.update(vm_id, now, last_seen_at=now)
+            self.vms.touch(vm_id, now)
 
     def pilot_halted(self, vm_id: str, code: int, message: str, now: float) -> None:
         vm = self.vms.get(vm_id)

@@ -15,11 +15,7 @@ def cloud_shutdown_deadline(
 ) -> float | None:
     """The deadline of a cloud- or site-wide shutdown in force on the cloud, if any: a VM started now knows it
     from the start."""
-    deadlines = [
-        s.deadline
-        for s in sites.active_shutdowns(settings.site)
-        if s.vm_id is None and s.covers(settings.site, cloud, "")
-    ]
+    deadlines = [s.deadline for s in sites.active_shutdowns(settings.site) if s.closes(settings.site, cloud)]
     return min(deadlines, default=None)
 
 

@@ -29,6 +29,10 @@ class ScheduledShutdown:
     created_by: str
     cancelled_at: float | None = None
 
+    def closes(self, site: str | None, cloud: str) -> bool:
+        """Whether it shuts the whole cloud (or its site) down: no new VM starts there while it is in force."""
+        return self.vm_id is None and self.covers(site, cloud, "")
+
     def covers(self, site: str | None, cloud: str, vm_id: str) -> bool:
         if self.vm_id is not None:
             return self.vm_id == vm_id

@@ -104,6 +104,18 @@ class VMRepository:
         with self.db.write() as conn:
             conn.execute(update(vms).where(vms.c.id == vm_id).values(updated_at=now, **values))
 
+    def touch(self, vm_id: str, now: float) -> float | None:
+        """Its pilot is alive (a heartbeat): seen now. Returns the VM's shutdown deadline, read by the same
+        statement, so a heartbeat costs one round trip."""
+        with self.db.write() as conn:
+            row = conn.execute(
+                update(vms)
+                .where(vms.c.id == vm_id)
+                .values(last_seen_at=now, updated_at=now)
+                .returning(vms.c.shutdown_deadline)
+            ).first()
+        return None if row is None else row[0]
+
     def increment_jobs(self, vm_id: str, now: float) -> None:
         """Its pilot took a job: seen now, not idle, one more job run."""
         with self.db.write() as conn:

@@ -197,3 +197,61 @@ def test_ex_options_pass_through(fake: FakeOpenStack) -> None:
 def test_unknown_provider_is_a_config_error() -> None:
     with pytest.raises(CloudConfigError, match="no-such-cloud"):
         LibcloudDriver("x", "no-such-cloud", {"key": "k"}, {}, {}, {})
+
+
+APP_CREDENTIAL_ID = "ac-0123"
+APP_CREDENTIAL_SECRET = "ac-secret-value"
+
+
+@pytest.mark.parametrize(
+    ("auth_version", "credentials", "method"),
+    [
+        ("3.x_password", {"key": "demo", "secret": PASSWORD}, "password"),
+        # An application credential carries its project: its id is the key, its secret the secret.
+        ("3.x_appcred", {"key": APP_CREDENTIAL_ID, "secret": APP_CREDENTIAL_SECRET}, "application_credential"),
+    ],
+)
+def test_keystone_v3_password_and_application_credential(auth_version: str, credentials: dict, method: str) -> None:
+    fake = FakeOpenStack(password=PASSWORD, app_credentials={APP_CREDENTIAL_ID: APP_CREDENTIAL_SECRET}).start()
+    try:
+        kwargs = {"ex_force_auth_url": fake.url, "ex_force_auth_version": auth_version, "api_version": "2.2"}
+        if method == "password":
+            kwargs["ex_tenant_name"] = "physics"
+        driver = make_driver(fake, driver_args=credentials, driver_kwargs=kwargs)
+
+        created = driver.create(request())
+
+        assert [i.instance_id for i in driver.list()] == [created.instance_id]
+        assert set(fake.auth_methods) == {method}
+        wrong = make_driver(fake, driver_args={**credentials, "secret": WRONG_PASSWORD}, driver_kwargs=kwargs)
+        with pytest.raises(CloudAuthFailed):
+            wrong.list()
+    finally:
+        fake.stop()
+
+
+def test_region_missing_from_the_catalog_is_a_config_error_naming_what_it_offers() -> None:
+    fake = FakeOpenStack(password=PASSWORD, regions=("RegionOne", "RegionTwo")).start()
+    try:
+        kwargs = {
+            "ex_force_auth_url": fake.url,
+            "ex_force_auth_version": "3.x_password",
+            "ex_tenant_name": "physics",
+            "ex_force_service_region": "regionone",  # the case differs: a typo an operator makes
+        }
+        driver = make_driver(fake, driver_kwargs=kwargs)
+
+        with pytest.raises(CloudConfigError) as caught:
+            driver.create(request())
+
+        message = str(caught.value)
+        assert "configuration error" in message
+        assert "region 'regionone'" in message
+        assert "compute 'nova' in RegionOne, RegionTwo" in message
+        assert "identity 'keystone'" in message
+        assert creates(fake) == 0
+        assert_no_secret(caught.value)
+        # the same configuration with a region the catalog has works
+        assert make_driver(fake, driver_kwargs={**kwargs, "ex_force_service_region": "RegionTwo"}).list() == []
+    finally:
+        fake.stop()

@@ -3,15 +3,18 @@
 It fakes the far side of the real protocol (HTTP + JSON, the X-Auth-Token header, Nova's fault bodies), keeps
 servers in memory, and records what it was sent, so tests drive the real Libcloud driver through our adapter.
 
-    POST   /v3/auth/tokens                       password auth; 201 + X-Subject-Token + a catalog naming
-                                                 the compute endpoint below (on this same server)
+    POST   /v3/auth/tokens                       Keystone v3 auth by ``password`` (scoped to a project) or
+                                                 ``application_credential`` (id + secret; the credential
+                                                 holds its project); 201 + X-Subject-Token + a catalog
+                                                 naming the compute endpoint below (on this same server) in
+                                                 each of ``regions``, and Keystone itself
     GET    /compute/v2.1/servers/detail          list
     POST   /compute/v2.1/servers                 create (user_data base64, metadata, imageRef, flavorRef)
     GET    /compute/v2.1/servers/{id}            show
     DELETE /compute/v2.1/servers/{id}            delete; 404 if unknown
 
-Failure switches: ``password`` (a different one gets 401), ``fail_next_create`` (status and message of Nova's
-fault for the next POST /servers, e.g. 403 "Quota exceeded for instances").
+Failure switches: ``password`` and ``app_credentials`` (others get 401), ``fail_next_create`` (status and
+message of Nova's fault for the next POST /servers, e.g. 403 "Quota exceeded for instances").
 """
 
 from __future__ import annotations
@@ -60,10 +63,15 @@ class FakeOpenStack:
         project: str = "physics",
         images: tuple[str, ...] = ("img-alma9",),
         flavors: tuple[str, ...] = ("m1.small", "m1.large"),
+        app_credentials: dict[str, str] | None = None,
+        regions: tuple[str, ...] = ("RegionOne",),
     ) -> None:
         self.user = user
         self.password = password
         self.project = project
+        self.app_credentials = dict(app_credentials or {})  # id -> secret
+        self.regions = regions
+        self.auth_methods: list[str] = []  # the Keystone method of each token issued
         self.images = set(images)
         self.flavors = set(flavors)
         self.servers: dict[str, FakeServer] = {}
@@ -102,34 +110,62 @@ class FakeOpenStack:
     # --- Keystone ---
 
     def authenticate(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
+        identity = (body.get("auth") or {}).get("identity") or {}
+        methods = identity.get("methods") or []
+        if methods == ["password"]:
+            refusal = self._check_password(body)
+        elif methods == ["application_credential"]:
+            refusal = self._check_app_credential(identity.get("application_credential") or {})
+        else:
+            return 400, _fault(400, f"Unsupported auth methods {methods}"), {}
+        if refusal is not None:
+            unauthorized = {"code": refusal, "title": "Unauthorized", "message": "The request requires auth"}
+            return refusal, {"error": unauthorized}, {}
+        token = uuid.uuid4().hex
+        with self._lock:
+            self._tokens.add(token)
+            self.auth_methods.append(methods[0])
+        expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+        token_body = {
+            "token": {
+                "methods": methods,
+                "expires_at": expires,
+                "catalog": self._catalog(),
+                "roles": [{"id": "r1", "name": "member"}],
+                "user": {"id": "u1", "name": self.user, "domain": {"id": "default", "name": "Default"}},
+                "project": {"id": TENANT_ID, "name": self.project, "domain": {"id": "default", "name": "Default"}},
+            }
+        }
+        return 201, token_body, {"X-Subject-Token": token}
+
+    def _check_password(self, body: dict[str, Any]) -> int | None:
+        """None if the user, password and project match; else the HTTP status of the refusal."""
         try:
             user = body["auth"]["identity"]["password"]["user"]
             project = body["auth"]["scope"]["project"]["name"]
         except (KeyError, TypeError):
-            return 400, _fault(400, "Expecting password auth scoped to a project"), {}
-        if user.get("name") != self.user or user.get("password") != self.password or project != self.project:
-            return 401, {"error": {"code": 401, "title": "Unauthorized", "message": "The request requires auth"}}, {}
-        token = uuid.uuid4().hex
-        with self._lock:
-            self._tokens.add(token)
-        expires = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
-        catalog = [
-            {
-                "type": "compute",
-                "name": "nova",
-                "endpoints": [{"interface": "public", "region": "RegionOne", "url": self.url + COMPUTE_PREFIX}],
-            }
+            return 400
+        ok = user.get("name") == self.user and user.get("password") == self.password and project == self.project
+        return None if ok else 401
+
+    def _check_app_credential(self, credential: dict[str, Any]) -> int | None:
+        # An application credential is bound to its project: the request names no scope.
+        secret = self.app_credentials.get(str(credential.get("id")))
+        return None if secret is not None and credential.get("secret") == secret else 401
+
+    def _catalog(self) -> list[dict[str, Any]]:
+        def endpoints(url: str) -> list[dict[str, Any]]:
+            return [
+                {"id": f"{region}-{interface}", "interface": interface, "region": region, "region_id": region,
+                 "url": url}
+                for region in self.regions
+                for interface in ("public", "internal")
+            ]  # fmt: skip
+
+        return [
+            {"id": "s-nova", "type": "compute", "name": "nova", "endpoints": endpoints(self.url + COMPUTE_PREFIX)},
+            {"id": "s-keystone", "type": "identity", "name": "keystone", "endpoints": endpoints(self.url + "/v3")},
         ]
-        token_body = {
-            "token": {
-                "expires_at": expires,
-                "catalog": catalog,
-                "roles": [{"id": "r1", "name": "member"}],
-                "user": {"id": "u1", "name": self.user},
-                "project": {"id": TENANT_ID, "name": self.project},
-            }
-        }
-        return 201, token_body, {"X-Subject-Token": token}
 
     def token_valid(self, token: str | None) -> bool:
         with self._lock:

@@ -34,7 +34,8 @@ from libcloud.compute.providers import get_driver
 from libcloud.compute.types import NodeState
 
 from cloudpilot.clouds.base import TAG_MANAGED, TAG_VM_ID, Instance, InstanceState, LaunchRequest
-from cloudpilot.clouds.errors import CloudConfigError, Fatal
+from cloudpilot.clouds.errors import CloudConfigError, CloudError, Fatal
+from cloudpilot.clouds.libcloud_catalog import endpoint_error
 from cloudpilot.clouds.libcloud_errors import Redactor, config_error, is_not_found, translate
 from cloudpilot.clouds.libcloud_moto import MotoEC2NodeDriver
 from cloudpilot.clouds.libcloud_profiles import ProviderProfile, profile_for
@@ -158,7 +159,7 @@ class LibcloudDriver:
         except Exception as exc:
             if is_not_found(exc):
                 return
-            raise translate(exc, self.name, f"destroy {instance_id}", self._redact) from exc
+            raise self._error(exc, f"destroy {instance_id}", self._redact) from exc
 
     # --- internals ---
 
@@ -178,7 +179,12 @@ class LibcloudDriver:
         try:
             return fn()
         except Exception as exc:
-            raise translate(exc, self.name, action, redact or self._redact) from exc
+            raise self._error(exc, action, redact or self._redact) from exc
+
+    def _error(self, exc: Exception, action: str, redact: Redactor) -> CloudError:
+        # An endpoint missing from the catalog is the configuration's fault, which translate() cannot tell.
+        misconfigured = endpoint_error(exc, getattr(self._driver, "connection", None), self.name, action)
+        return misconfigured or translate(exc, self.name, action, redact)
 
     def _image(self, request: LaunchRequest) -> NodeImage:
         image_id = request.image or self.images.get(request.vo) or self.images.get(DEFAULT_IMAGE_KEY)

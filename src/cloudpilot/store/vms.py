@@ -3,7 +3,9 @@ and recorded in ``vm_events`` in the same transaction."""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
@@ -14,6 +16,27 @@ from cloudpilot.store.errors import Conflict, NotFound
 from cloudpilot.store.schema import vm_events, vms
 
 _FIELDS = [c.name for c in vms.c]
+_FAILED = [VMState.FAILED.value, VMState.LOST.value]
+BOOT_SAMPLES = 20  # the median boot time is taken over this many of the cloud's latest booted VMs
+FAILURE_ROWS = 200  # ended VMs read for the failures in a row (the back-off stops growing after a few cycles)
+
+
+@dataclass(frozen=True, slots=True)
+class BootStats:
+    """How VMs of one cloud have booted: the latest boot, and the median seconds from request to a running
+    pilot over the latest :data:`BOOT_SAMPLES` boots (None: no VM booted yet)."""
+
+    last_boot_at: float | None
+    median_boot_seconds: float | None
+    samples: int
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """The latest failed boot of a cloud: its (redacted) reason and when the VM failed."""
+
+    reason: str
+    at: float
 
 
 def vm_from_row(row: Mapping[str, Any]) -> VM:
@@ -132,19 +155,72 @@ class VMRepository:
             )
 
     def boot_failures_in_row(self, cloud: str) -> tuple[int, float | None]:
-        """Failed boots since the cloud's last VM that booted, and when the latest failed: the back-off's input."""
+        """Failed provisioning cycles since the cloud's last VM that booted, and when the latest failure
+        happened: the back-off's input.
+
+        VMs requested in one cycle share their ``created_at`` (the cycle's ``now``) and count as one attempt,
+        failed if any of them failed before booting and none booted: three VMs of one cycle that time out back
+        the cloud off once, not three times. A cycle in which a VM booted ends the run."""
+        failed_at = self._failed_at()
         with self.db.read() as conn:
             rows = conn.execute(
-                select(vms.c.booted_at, vms.c.failure_reason, vms.c.updated_at)
+                select(vms.c.created_at, vms.c.booted_at, vms.c.failure_reason, failed_at)
                 .where(vms.c.cloud == cloud, vms.c.state.notin_([VMState.REQUESTED.value, VMState.BOOTING.value]))
                 .order_by(vms.c.created_at.desc())
-                .limit(50)
+                .limit(FAILURE_ROWS)
             ).all()
+        cycles: dict[float, tuple[bool, float | None]] = {}  # requested at -> (a VM booted, latest failure)
+        for created_at, booted_at, failure_reason, at in rows:
+            booted, latest = cycles.get(created_at, (False, None))
+            if failure_reason is not None and booted_at is None:  # cloud error, error state, boot timeout, lost
+                at = at if at is not None else created_at
+                latest = at if latest is None else max(latest, at)
+            cycles[created_at] = (booted or booted_at is not None, latest)
         failures, latest = 0, None
-        for booted_at, failure_reason, updated_at in rows:
-            if booted_at is not None:
-                break  # a VM that booted resets the count
-            if failure_reason is not None:  # failed before booting (cloud error, error state, boot timeout)
+        for booted, failed_at_ in cycles.values():  # newest cycle first
+            if booted:
+                break
+            if failed_at_ is not None:
                 failures += 1
-                latest = updated_at if latest is None else max(latest, updated_at)
+                latest = failed_at_ if latest is None else max(latest, failed_at_)
         return failures, latest
+
+    def last_failure(self, cloud: str) -> Failure | None:
+        """The cloud's latest VM that failed before it booted, whatever came after it."""
+        failed_at = self._failed_at()
+        with self.db.read() as conn:
+            row = conn.execute(
+                select(vms.c.failure_reason, failed_at, vms.c.updated_at)
+                .where(vms.c.cloud == cloud, vms.c.failure_reason.is_not(None), vms.c.booted_at.is_(None))
+                .order_by(vms.c.created_at.desc(), vms.c.id.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        reason, at, updated_at = row
+        return Failure(reason, at if at is not None else updated_at)
+
+    def boot_stats(self, cloud: str) -> BootStats:
+        """The cloud's latest boot and median boot time (``booted_at - created_at``: the VM is requested and
+        moved to ``booting`` in the same cycle, so this is its booting → running time)."""
+        with self.db.read() as conn:
+            last = conn.execute(select(func.max(vms.c.booted_at)).where(vms.c.cloud == cloud)).scalar_one()
+            rows = conn.execute(
+                select(vms.c.created_at, vms.c.booted_at)
+                .where(vms.c.cloud == cloud, vms.c.booted_at.is_not(None))
+                .order_by(vms.c.created_at.desc())
+                .limit(BOOT_SAMPLES)
+            ).all()
+        durations = [max(0.0, booted - created) for created, booted in rows]
+        median = statistics.median(durations) if durations else None
+        return BootStats(last, median, len(durations))
+
+    @staticmethod
+    def _failed_at() -> Any:
+        """When each VM moved to ``failed`` or ``lost`` (its history), as a correlated scalar subquery: unlike
+        ``updated_at`` it does not move when the VM is destroyed later."""
+        return (
+            select(func.max(vm_events.c.at))
+            .where(vm_events.c.vm_id == vms.c.id, vm_events.c.to_state.in_(_FAILED))
+            .scalar_subquery()
+        )

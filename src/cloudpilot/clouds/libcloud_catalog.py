@@ -33,7 +33,7 @@ def endpoint_error(exc: Exception, connection: Any, cloud: str, action: str) -> 
     offered = _offered(catalog) if catalog is not None else "nothing (no catalog was received)"
     return CloudConfigError(
         cloud,
-        f"{action}: configuration error: the service catalog {problem} {wanted}; it offers {offered}. Set "
+        f"{action}: the service catalog {problem} {wanted}; it offers {offered}. Set "
         "driver_kwargs ex_force_service_region (and ex_force_service_name / ex_force_service_type) to one of these",
     )
 

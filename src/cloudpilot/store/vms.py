@@ -19,6 +19,9 @@ _FIELDS = [c.name for c in vms.c]
 _FAILED = [VMState.FAILED.value, VMState.LOST.value]
 BOOT_SAMPLES = 20  # the median boot time is taken over this many of the cloud's latest booted VMs
 FAILURE_ROWS = 200  # ended VMs read for the failures in a row (the back-off stops growing after a few cycles)
+# A failure reason that starts with this was a configuration mistake, not an outage: it does not back the cloud
+# off (the provisioner stops the cloud instead, until a restart with the configuration fixed).
+CONFIG_ERROR_PREFIX = "configuration error: "
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +30,7 @@ class BootStats:
     pilot over the latest :data:`BOOT_SAMPLES` boots (None: no VM booted yet)."""
 
     last_boot_at: float | None
-    median_boot_seconds: float | None
+    median_seconds: float | None
     samples: int
 
 
@@ -160,7 +163,8 @@ class VMRepository:
 
         VMs requested in one cycle share their ``created_at`` (the cycle's ``now``) and count as one attempt,
         failed if any of them failed before booting and none booted: three VMs of one cycle that time out back
-        the cloud off once, not three times. A cycle in which a VM booted ends the run."""
+        the cloud off once, not three times. A cycle in which a VM booted ends the run. Configuration errors
+        (:data:`CONFIG_ERROR_PREFIX`) are no failed boot."""
         failed_at = self._failed_at()
         with self.db.read() as conn:
             rows = conn.execute(
@@ -172,7 +176,8 @@ class VMRepository:
         cycles: dict[float, tuple[bool, float | None]] = {}  # requested at -> (a VM booted, latest failure)
         for created_at, booted_at, failure_reason, at in rows:
             booted, latest = cycles.get(created_at, (False, None))
-            if failure_reason is not None and booted_at is None:  # cloud error, error state, boot timeout, lost
+            if failure_reason is not None and booted_at is None and not failure_reason.startswith(CONFIG_ERROR_PREFIX):
+                # a cloud error, an instance in error, a boot timeout, or lost before it booted
                 at = at if at is not None else created_at
                 latest = at if latest is None else max(latest, at)
             cycles[created_at] = (booted or booted_at is not None, latest)

@@ -79,7 +79,7 @@ def test_failures_in_a_row_count_failed_cycles_not_vms(db: Database) -> None:
 
 def test_boot_stats_give_the_last_boot_and_the_median_boot_time(db: Database) -> None:
     repo = VMRepository(db)
-    assert (repo.boot_stats("c1").last_boot_at, repo.boot_stats("c1").median_seconds) == (None, None)
+    assert (repo.boot_stats("c1").last_boot_at, repo.boot_stats("c1").median_boot_seconds) == (None, None)
     for i, seconds in enumerate([30.0, 90.0, 40.0]):
         requested = NOW + 100 * i
         repo.create(new_vm(f"v{i}", at=requested), "work")
@@ -89,7 +89,7 @@ def test_boot_stats_give_the_last_boot_and_the_median_boot_time(db: Database) ->
 
     stats = repo.boot_stats("c1")
 
-    assert (stats.last_boot_at, stats.median_seconds, stats.samples) == (NOW + 240, 40.0, 3)
+    assert (stats.last_boot_at, stats.median_boot_seconds, stats.samples) == (NOW + 240, 40.0, 3)
 
 
 def test_migrations_upgrade_a_version_one_database(tmp_path) -> None:  # type: ignore[no-untyped-def]

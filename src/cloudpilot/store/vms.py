@@ -30,7 +30,7 @@ class BootStats:
     pilot over the latest :data:`BOOT_SAMPLES` boots (None: no VM booted yet)."""
 
     last_boot_at: float | None
-    median_seconds: float | None
+    median_boot_seconds: float | None
     samples: int
 
 

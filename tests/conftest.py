@@ -16,7 +16,12 @@ from cloudpilot.store.schema import metadata
 PG_ADMIN_URL = os.environ.get("CLOUDPILOT_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 ON_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
-pytest_plugins = ["tests.helpers.server", "tests.helpers.pilots", "tests.helpers.images"]
+pytest_plugins = [
+    "tests.helpers.server",
+    "tests.helpers.server_process",
+    "tests.helpers.pilots",
+    "tests.helpers.images",
+]
 
 
 def _pg_available() -> bool:

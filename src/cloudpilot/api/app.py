@@ -14,6 +14,8 @@ from starlette.concurrency import run_in_threadpool
 from cloudpilot import __version__
 from cloudpilot.api import accounting, clusters, images, jobs, mjf, pilot_zipapp, pilots, sites, tokens, vms
 from cloudpilot.api.errors import install_error_handlers
+from cloudpilot.api.metrics import router as metrics_router
+from cloudpilot.api.middleware import RequestMiddleware
 from cloudpilot.api.notify import WorkNotifier
 from cloudpilot.api.responses import json_response
 from cloudpilot.services.container import Services
@@ -85,6 +87,7 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     app.state.services = services
     app.state.notifier = notifier
     install_error_handlers(app)
+    app.add_middleware(RequestMiddleware)
     app.include_router(jobs.router)
     app.include_router(pilots.router)
     app.include_router(tokens.router)
@@ -95,6 +98,7 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     app.include_router(mjf.router)
     app.include_router(clusters.router)
     app.include_router(images.router)
+    app.include_router(metrics_router)
 
     @app.get("/api/v1/health", tags=["server"], summary="Liveness and version")
     def health() -> Response:

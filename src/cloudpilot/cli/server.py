@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -29,22 +29,29 @@ def _config(path: Path | None):  # type: ignore[no-untyped-def]
         raise typer.Exit(2) from exc
 
 
+class LogFormat(StrEnum):
+    HUMAN = "human"
+    JSON = "json"
+
+
 def server(
     data_dir: Path = DataDir,
     config: Path | None = ConfigFile,
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8080, help="Port to listen on."),
     log_level: str = typer.Option("info", help="Log level (debug, info, warning)."),
+    log_format: LogFormat = typer.Option(LogFormat.HUMAN, help="human, or json: one JSON object per line."),
 ) -> None:
     """Run the API server with its background loops (lease reaper)."""
     from cloudpilot.api.app import create_app
+    from cloudpilot.api.logs import configure_logging
     from cloudpilot.services.container import Services
 
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log_config = configure_logging(log_level, log_format.value)  # docs/operations.md
     services = Services.build(_config(config), data_dir)
     services.public_url = f"http://{host}:{port}"
     app = create_app(services)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=log_config)
 
 
 def token_create(

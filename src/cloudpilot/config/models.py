@@ -50,6 +50,10 @@ class StorageConfig(_Section):
     path: Path | None = Field(None, description="Where sandboxes are kept; default DATA_DIR/sandboxes.")
 
 
+class MetricsConfig(_Section):
+    public: bool = Field(False, description="Serve /metrics to anyone; by default it needs an admin token.")
+
+
 class PledgeConfig(_Section):
     cores: int = Field(ge=0, description="Cores pledged to the VO at the site (at once).")
     core_hours: float | None = Field(None, ge=0, description="Core-hours the VO may use per period; unset: no cap.")
@@ -85,6 +89,7 @@ class ServerConfig(_Section):
     clouds: dict[str, CloudConfig] = Field(default_factory=dict, description="Clouds VMs are started on.")
     policy: ProvisioningKnobs = ProvisioningKnobs()
     provisioner: ProvisionerConfig = ProvisionerConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @model_validator(mode="after")
     def _cloud_sites(self) -> ServerConfig:

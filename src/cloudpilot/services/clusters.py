@@ -45,6 +45,7 @@ from cloudpilot.domain.clusters import (
     service_values,
 )
 from cloudpilot.domain.vms import VM, VM_TRANSITIONS, VMState
+from cloudpilot.services import metrics
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
 from cloudpilot.services.images import ImageService
@@ -200,6 +201,7 @@ class ClusterService:
                 booted_at=now,
                 last_seen_at=now,
             )
+            metrics.vm_booted(vm.cloud, vm.created_at, now)
         else:
             self.vms.update(vm_id, now, last_seen_at=now)
         cluster = self.clusters.get(cluster_id)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.provisioning import Action
+from cloudpilot.services import metrics
 from cloudpilot.services.accounting import AccountingService
 from cloudpilot.services.auth import Authenticator
 from cloudpilot.services.clock import Clock, SystemClock
@@ -139,7 +140,8 @@ class Services:
     def provision(self, now: float) -> list[object]:
         """One provisioning cycle: the VM monitor settles what happened, clusters are kept at their size (so the
         provisioner's snapshot sees their VMs), then the provisioner decides."""
-        return [*self.vm_monitor.tick(now), *self.clusters.tick(now), *self.provisioner.tick(now)]
+        with metrics.PROVISIONING_CYCLE_SECONDS.time():
+            return [*self.vm_monitor.tick(now), *self.clusters.tick(now), *self.provisioner.tick(now)]
 
     def vm_server_url(self) -> str:
         return self.config.provisioner.server_url or self.public_url

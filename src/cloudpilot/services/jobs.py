@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Principal, Role
 from cloudpilot.domain.jobs import Job, JobEvent, JobSpec, JobState
+from cloudpilot.services import metrics
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden, TooMany
 from cloudpilot.storage.base import SandboxStore
 from cloudpilot.store.errors import NotFound
 from cloudpilot.store.jobs import JobRepository
+
+log = logging.getLogger("cloudpilot.jobs")
 
 
 class JobService:
@@ -44,6 +48,9 @@ class JobService:
                 where = f"[{i}].input_sandbox" if len(specs) > 1 else "input_sandbox"
                 raise BadInput(f"{where}: sandbox {sandbox} was never uploaded (POST /api/v1/sandboxes)", where)
         ids = self.jobs.submit(principal.vo, principal.name, specs, now, self.config.jobs.default_wall_seconds)
+        metrics.JOBS_SUBMITTED.labels(principal.vo).inc(len(ids))
+        what = f"job {ids[0]}" if len(ids) == 1 else f"{len(ids)} jobs {ids[0]}..{ids[-1]}"
+        log.info("%s submitted by %s", what, principal.name, extra={"job_id": ids[0], "vo": principal.vo})
         self.on_new_work()
         return ids
 

@@ -8,6 +8,7 @@ class in one atomic UPDATE. A class found empty is dropped from the snapshot unt
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 
 from cloudpilot.config import ServerConfig
@@ -15,6 +16,7 @@ from cloudpilot.domain.jobs import Job
 from cloudpilot.domain.matching import Offer, TaskQueue
 from cloudpilot.policy.fairshare import ShareState, UsageRecord, build_share_state
 from cloudpilot.policy.matching import OwnerGroup, order, place_groups
+from cloudpilot.services import metrics
 from cloudpilot.store.jobs import JobRepository
 
 
@@ -59,6 +61,12 @@ class MatchService:
 
     def match(self, pilot_id: str, offer: Offer, vo: str | None, now: float) -> Job | None:
         """Lease one job to ``pilot_id``, or ``None``. ``vo`` limits the pilot to one VO's jobs."""
+        started = time.perf_counter()
+        job = self._match(pilot_id, offer, vo, now)
+        metrics.observe_match(job.vo if job is not None else None, time.perf_counter() - started)
+        return job
+
+    def _match(self, pilot_id: str, offer: Offer, vo: str | None, now: float) -> Job | None:
         snapshot = self._current(now)
         with self._lock:
             groups = snapshot.groups_for(offer, vo)

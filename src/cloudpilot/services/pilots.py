@@ -7,6 +7,7 @@ holding that lease is this token's (403).
 
 from __future__ import annotations
 
+import logging
 import secrets
 import threading
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ class MatchAnswer:
     job: Job | None = None
     halt: tuple[int, str] | None = None
     shutdowntime: float | None = None
+
+
+log = logging.getLogger("cloudpilot.pilots")
 
 
 class PilotService:
@@ -105,6 +109,8 @@ class PilotService:
         )
         with self._lock:
             self._owners[pilot_id] = principal.token_id
+        ids = {"pilot_id": pilot_id, "vm_id": principal.vm_id, "vo": principal.vo, "cloud": cloud, "site": site}
+        log.info("pilot %s registered (%d cores, host %s)", pilot_id, cores, hostname, extra=ids)
         lease = self.config.lease
         return Registration(pilot_id, lease.seconds, min(lease.heartbeat_seconds, lease.seconds / 3))
 

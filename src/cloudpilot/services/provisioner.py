@@ -35,6 +35,7 @@ from cloudpilot.domain.provisioning import (
 )
 from cloudpilot.domain.vms import VM_TRANSITIONS, VMState
 from cloudpilot.policy.base import DefaultPolicy, ProvisioningPolicy
+from cloudpilot.services import metrics
 from cloudpilot.services.images import ImageService
 from cloudpilot.services.vm_records import cloud_shutdown_deadline, requested_vm
 from cloudpilot.store.jobs import JobRepository
@@ -72,7 +73,9 @@ class Provisioner:
         if not self.drivers:
             return []
         assert self.policy is not None
-        actions = self.policy.decide(self.snapshot(now), now)
+        snapshot = self.snapshot(now)
+        with metrics.DECIDE_SECONDS.time():
+            actions = self.policy.decide(snapshot, now)
         self.apply(actions, now)
         return actions
 
@@ -246,6 +249,7 @@ class Provisioner:
                 reason = redact(str(exc), [token])
                 log.warning("VM %s on %s failed to start: %s", vm_id, action.cloud, reason)
                 self.vms.move(vm_id, VMState.FAILED, now, reason, failure_reason=reason)
+                metrics.VM_BOOT_FAILURES.labels(action.cloud, "cloud_error").inc()
                 self.tokens.revoke_for_vm(vm_id, now)
                 continue
             self.vms.move(

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from cloudpilot.config import ServerConfig
+from cloudpilot.services import metrics
 from cloudpilot.store.jobs import JobRepository, Requeued
+
+log = logging.getLogger("cloudpilot.reaper")
 
 
 class LeaseReaper:
@@ -25,6 +29,10 @@ class LeaseReaper:
             handled.extend(batch)
             if len(batch) < 500:
                 break
+        metrics.LEASE_EXPIRIES.inc(len(handled))
+        for r in handled:
+            log.info("job %d %s: %s", r.job_id, r.new_state.value, r.reason, extra={"job_id": r.job_id})
+        metrics.count_requeues(handled, "lease_expired")
         if handled:
             self.on_requeue()
         return handled

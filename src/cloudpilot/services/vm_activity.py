@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cloudpilot.domain.vms import VM, VMState
+from cloudpilot.services import metrics
 from cloudpilot.services.errors import Forbidden
 from cloudpilot.store.errors import NotFound
 from cloudpilot.store.vms import VMRepository
@@ -26,6 +27,7 @@ class VMActivity:
             self.vms.move(
                 vm_id, VMState.RUNNING, now, "pilot registered", booted_at=now, last_seen_at=now, idle_since=now
             )
+            metrics.vm_booted(vm.cloud, vm.created_at, now)
         else:
             self.vms.touch(vm_id, now)
 

@@ -26,6 +26,7 @@ from cloudpilot.clouds.base import CloudDriver, Instance, InstanceState
 from cloudpilot.clouds.errors import CloudError
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.vms import TO_DESTROY_STATES, VM, VMState
+from cloudpilot.services import metrics
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.pilots import PilotRepository
 from cloudpilot.store.tokens import TokenRepository
@@ -70,6 +71,7 @@ class VMMonitor:
         if vm.state is VMState.BOOTING and now - vm.created_at > boot_timeout:
             reason = f"boot timeout: no {who} after {boot_timeout:.0f} s"
             self.vms.move(vm.id, VMState.FAILED, now, reason, failure_reason=reason)
+            metrics.vm_failed(vm.cloud, "boot_timeout", vm.booted_at)
             return [f"{vm.id} failed: {reason}"]
         if vm.state is VMState.BOOTING:
             return []
@@ -111,6 +113,7 @@ class VMMonitor:
             self.config.fair_share.half_life_seconds,
             spend_attempt=spend_attempt,
         )
+        metrics.count_requeues(released, "vm_ended")
         if released:
             self.on_requeue()
         return len(released)
@@ -148,6 +151,7 @@ class VMMonitor:
         if inst.state is InstanceState.ERROR:
             reason = f"instance {inst.instance_id} is in error on cloud {vm.cloud}"
             self.vms.move(vm.id, VMState.FAILED, now, reason, failure_reason=reason)
+            metrics.vm_failed(vm.cloud, "instance_error", vm.booted_at)
             return [f"{vm.id} failed: {reason}"]
         return []
 

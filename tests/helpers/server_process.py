@@ -1,0 +1,95 @@
+"""``cloudpilot server`` as a real process (its own logging, its own environment), and tokens in its store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from cloudpilot.config import ServerConfig
+from cloudpilot.domain.auth import Role
+from cloudpilot.services.tokens import issue_token
+from cloudpilot.store.database import Database
+from cloudpilot.store.migrations import upgrade
+from cloudpilot.store.tokens import TokenRepository
+from tests.helpers.server import free_port
+
+CLI = [sys.executable, "-c", "from cloudpilot.cli.main import app; app()"]
+
+
+def store_token(data_dir: Path, role: Role, name: str, vo: str | None = None) -> str:
+    """A token written straight into the data directory's database (which it creates), as ``token create``."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    db = Database(ServerConfig().database_url_for(data_dir))
+    try:
+        upgrade(db)
+        return issue_token(TokenRepository(db), role, name, time.time(), vo=vo).token
+    finally:
+        db.dispose()
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """SIGTERM, as an operator would; SIGKILL if it does not stop within 15 s."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+
+
+@dataclass
+class ServerProcesses:
+    base: Path
+    started: list[ServerProcess] = field(default_factory=list)
+
+    def start(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        port = free_port()
+        log_path = self.base / f"server{len(self.started)}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [*CLI, "server", "--data-dir", str(data_dir), "--port", str(port), *args]
+        with log_path.open("wb") as log:
+            proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+            )
+        server = ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+        self.started.append(server)
+        deadline = time.time() + 60
+        while True:
+            try:
+                if httpx.get(f"{server.url}/api/v1/health", timeout=2).status_code == 200:
+                    return server
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"cloudpilot server did not start:\n{server.log()}")
+            time.sleep(0.1)
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
+
+
+@pytest.fixture
+def server_processes(tmp_path: Path) -> Iterator[ServerProcesses]:
+    group = ServerProcesses(tmp_path / "servers")
+    yield group
+    group.stop_all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Response
@@ -28,10 +28,15 @@ IMAGES_INTERVAL = 30.0  # how often image lists are looked at (each has its own 
 
 
 async def _every(  # type: ignore[no-untyped-def]
-    interval: float, name: str, tick, services: Services, wake: asyncio.Event | None = None
+    interval: float,
+    name: str,
+    tick,
+    services: Services,
+    wake: asyncio.Event | None = None,
+    due_at: Callable[[], float | None] = lambda: None,
 ) -> None:
-    """Run ``tick(now)`` every ``interval``, or sooner when ``wake`` is set; a failing tick is logged with its
-    traceback and retried at the next turn."""
+    """Run ``tick(now)`` every ``interval``, or sooner when ``wake`` is set or at ``due_at()`` (a time the last
+    tick asked to run again at); a failing tick is logged with its traceback and retried at the next turn."""
     while True:
         try:
             result = await run_in_threadpool(tick, services.clock.now())
@@ -43,8 +48,12 @@ async def _every(  # type: ignore[no-untyped-def]
             await asyncio.sleep(interval)
             continue
         await asyncio.sleep(min(MIN_WAKE_SECONDS, interval))
+        wait = interval - MIN_WAKE_SECONDS
+        due = due_at()
+        if due is not None:
+            wait = min(wait, due - services.clock.now())
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=max(0.0, interval - MIN_WAKE_SECONDS))
+            await asyncio.wait_for(wake.wait(), timeout=max(0.0, wait))
         wake.clear()
 
 
@@ -59,15 +68,17 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
         if run_loops:
             reaper = services.reaper
             loops.append(asyncio.create_task(_every(reaper.interval, "lease reaper", reaper.tick, services)))
-            if services.config.clouds:
-                # One loop, monitor then provisioner, so they never act on the same VM at once; new work wakes
-                # it, so a job waiting with no VM up does not wait for the next interval too.
-                interval = services.config.provisioner.interval_seconds
-                wake = asyncio.Event()
-                loop = asyncio.get_running_loop()
-                services.work_listeners.append(lambda: loop.call_soon_threadsafe(wake.set))
-                cycle = _every(interval, "provisioning cycle", services.provision, services, wake)
-                loops.append(asyncio.create_task(cycle))
+            # One loop, monitor then provisioner, so they never act on the same VM at once; new work wakes
+            # it, so a job waiting with no VM up does not wait for the next interval too. Without clouds it
+            # still runs: it explains why work waits (for pilots, then).
+            interval = services.config.provisioner.interval_seconds
+            wake = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            services.work_listeners.append(lambda: loop.call_soon_threadsafe(wake.set))
+            cycle = _every(
+                interval, "provisioning cycle", services.provision, services, wake, lambda: services.provisioner.due_at
+            )
+            loops.append(asyncio.create_task(cycle))
             # Image lists: refresh those due, fetch images to register, drain VMs of revoked images.
             loops.append(asyncio.create_task(_every(IMAGES_INTERVAL, "image lists", services.images.tick, services)))
         try:

@@ -8,7 +8,7 @@ import orjson
 import yaml
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
@@ -62,8 +62,11 @@ async def submit(request: Request, principal: PrincipalDep, services: ServicesDe
         specs = parse_submission(body, request.headers.get("content-type", ""))
     except _Indexed as wrapped:
         return validation_error(wrapped.exc, prefix=f"[{wrapped.index}]")
-    ids = await run_in_threadpool(services.jobs.submit, principal, specs, services.clock.now())
-    return json_response({"ids": ids}, 201)
+    now = services.clock.now()
+    ids = await run_in_threadpool(services.jobs.submit, principal, specs, now)
+    assert principal.vo is not None  # a user token always has a VO
+    warnings = await run_in_threadpool(services.waiting.submission_warnings, specs, principal.vo, now)
+    return json_response({"ids": ids, "warnings": warnings}, 201)
 
 
 @router.get("/jobs", summary="The caller's jobs, oldest first")
@@ -73,10 +76,28 @@ def list_jobs(
     state: JobState | None = None,
     limit: int = Query(1000, ge=1, le=10_000),
     after_id: int = Query(0, ge=0),
+    name: str | None = Query(None, min_length=1, max_length=200, description="Glob: * and ?, case-insensitive."),
 ) -> Response:
-    jobs = services.jobs.list(principal, state, limit, after_id)
+    jobs = services.jobs.list(principal, state, limit, after_id, name)
     next_after = jobs[-1].id if len(jobs) == limit else None
     return json_response({"jobs": [job_json(j) for j in jobs], "next_after_id": next_after})
+
+
+class ResubmitBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: list[int] = Field(min_length=1, max_length=10_000)
+
+
+@router.post("/jobs/resubmit", status_code=201, summary="New jobs from final jobs' specs and input sandboxes")
+def resubmit(body: ResubmitBody, principal: PrincipalDep, services: ServicesDep) -> Response:
+    ids = services.jobs.resubmit(principal, body.ids, services.clock.now())
+    return json_response({"ids": ids}, 201)
+
+
+@router.get("/jobs/waiting", summary="The caller's waiting jobs grouped by why they wait")
+def waiting(principal: PrincipalDep, services: ServicesDep) -> Response:
+    return json_response({"reasons": services.waiting.grouped(principal)})
 
 
 @router.get("/jobs/summary", summary="Counts of the caller's jobs per state")
@@ -88,8 +109,10 @@ def summary(principal: PrincipalDep, services: ServicesDep) -> Response:
 def get_job(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
     job = services.jobs.get(principal, job_id)
     body = job_json(job, services.jobs.history(principal, job_id))
-    # Why no VM is booted for a waiting job because of images (docs/images.md); None: nothing image-related.
-    body["blocked_reason"] = services.images.why_blocked(job, services.clock.now())
+    # Why it waits (docs/provisioning.md, "Why a job waits"): one line, then per cloud and for pilots.
+    why = services.waiting.why(job, services.clock.now())
+    body["blocked_reason"] = why["summary"] if why is not None else None
+    body["waiting_reasons"] = why
     return json_response(body)
 
 

@@ -1,4 +1,4 @@
-"""``cloudpilot submit|jobs|job|kill|output|wait``: a user's jobs, through the REST API."""
+"""``cloudpilot submit|jobs|job|kill|resubmit|output|wait``: a user's jobs, through the REST API."""
 
 from __future__ import annotations
 
@@ -22,9 +22,12 @@ from cloudpilot.cli.common import (
     text,
     when,
 )
-from cloudpilot.client import WaitTimedOut, load_job_file
+from cloudpilot.client import ClientError, WaitTimedOut, load_job_file
 from cloudpilot.domain.jobs import JobState
 
+NameOption = typer.Option(
+    None, "--name", help="Only jobs whose name matches: a glob (* and ?, case-insensitive) or an exact name."
+)
 FINAL = [s.value for s in JobState if s.is_final]
 NOT_FINAL = [s.value for s in JobState if not s.is_final]
 
@@ -40,20 +43,30 @@ def submit(
     """
     with connect(url, token) as client:
         document = load_job_file(file)
-        ids = client.submit(document, base_dir=file.resolve().parent)
-    for job_id in ids:
+        done = client.submission(document, base_dir=file.resolve().parent)
+    for warning in done.warnings:
+        typer.echo(f"warning: {warning}", err=True)
+    for job_id in done.ids:
         typer.echo(job_id)
 
 
 def jobs(
     state: JobState | None = typer.Option(None, "--state", help="Only jobs in this state."),
+    name: str | None = NameOption,
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Show only the first (oldest) N."),
+    why: bool = typer.Option(False, "--why", help="Waiting jobs grouped by why they wait, with counts."),
     as_json: bool = JsonOption,
     url: str | None = UrlOption,
     token: str | None = TokenOption,
 ) -> None:
     """List your jobs, oldest first."""
+    if why:
+        if state not in (None, JobState.WAITING) or name is not None or limit is not None:
+            raise typer.BadParameter("--why groups all your waiting jobs: use it alone or with --state waiting")
+        _why_waiting(url, token, as_json)
+        return
     with connect(url, token) as client:
-        found = client.jobs(state)
+        found = client.jobs(state, name=name, limit=limit)
     if emitted_json(found, as_json):
         return
     table = Table("id", "name", "state", "attempts", "exit code", "failure reason", title=f"{len(found)} jobs")
@@ -66,6 +79,18 @@ def jobs(
             text(job["exit_code"]),
             escape(text(job["failure_reason"])),
         )
+    Console().print(table)
+
+
+def _why_waiting(url: str | None, token: str | None, as_json: bool) -> None:
+    with connect(url, token) as client:
+        groups = client.waiting_reasons()
+    if emitted_json(groups, as_json):
+        return
+    total = sum(g["jobs"] for g in groups)
+    table = Table("jobs", "why they wait", "e.g. job", title=f"{total} waiting jobs")
+    for group in groups:
+        table.add_row(str(group["jobs"]), escape(group["reason"]), str(group["example_job_id"]))
     Console().print(table)
 
 
@@ -116,8 +141,13 @@ def _details(found: dict[str, Any]) -> Table:
         ("progress", escape(text(found["progress"]))),
         ("output", "yes" if found["has_output"] else "no"),
     ]
-    if found.get("blocked_reason"):  # why no VM can be booted for it (docs/images.md)
-        rows.insert(4, ("blocked", f"[red]{escape(found['blocked_reason'])}[/red]"))
+    reasons = found.get("waiting_reasons")
+    if reasons:  # why it waits (docs/provisioning.md, "Why a job waits")
+        lines = [f"[red]{escape(reasons['summary'])}[/red]"]
+        lines += [f"{escape(cloud)}: {escape(why)}" for cloud, why in sorted(reasons.get("clouds", {}).items())]
+        if reasons.get("pilots"):
+            lines.append(f"pilots: {escape(reasons['pilots'])}")
+        rows.insert(4, ("waits because", "\n".join(lines)))
     table = Table(show_header=False, box=None)
     table.add_column(style="bold")
     table.add_column()
@@ -127,14 +157,72 @@ def _details(found: dict[str, Any]) -> Table:
 
 
 def kill(
-    job_id: int = typer.Argument(..., metavar="ID", help="The job's id."),
+    ids: list[int] | None = typer.Argument(None, metavar="[ID]...", help="The jobs' ids."),
+    state: JobState | None = typer.Option(None, "--state", help="Every job of yours in this state."),
+    name: str | None = NameOption,
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     url: str | None = UrlOption,
     token: str | None = TokenOption,
 ) -> None:
-    """Kill a job that is not final yet."""
+    """Kill jobs that are not final yet: the IDs given, or every job matching --state and --name.
+
+    Asks before killing more than one job (unless --yes). Exit 1 if any could not be killed.
+    """
+    if not ids and state is None and name is None:
+        fail("name the jobs to kill: IDs, --state or --name", 2)
+    if ids and (state is not None or name is not None):
+        fail("give either IDs or --state/--name, not both", 2)
     with connect(url, token) as client:
-        killed = client.kill(job_id)
-    typer.echo(f"job {killed['id']} is {killed['state']}")
+        if not ids:
+            if state is not None and state.is_final:
+                fail(f"jobs in state {state.value} are final already; there is nothing to kill", 2)
+            chosen = [j["id"] for j in client.jobs(state, name=name) if j["state"] in NOT_FINAL]
+            if not chosen:
+                typer.echo("no job to kill")
+                return
+        else:
+            chosen = list(dict.fromkeys(ids))
+        if len(chosen) > 1 and not yes:
+            _confirm(f"kill {len(chosen)} jobs ({_id_list(chosen)})?")
+        refused = 0
+        for job_id in chosen:
+            try:
+                killed = client.kill(job_id)
+            except ClientError as exc:  # one refusal (a final job, another user's) does not stop the others
+                if len(chosen) == 1:
+                    raise
+                typer.echo(f"error: job {job_id}: {exc.message}", err=True)
+                refused += 1
+                continue
+            typer.echo(f"job {killed['id']} is {killed['state']}")
+    if refused:
+        raise typer.Exit(1)
+
+
+def resubmit(
+    ids: list[int] = typer.Argument(..., metavar="ID...", help="Final jobs (done, failed or killed)."),
+    url: str | None = UrlOption,
+    token: str | None = TokenOption,
+) -> None:
+    """Submit final jobs again as new jobs (same description and input files); print the new ids.
+
+    The new ids come one per line, in the order given; nothing is submitted unless every job can be.
+    """
+    with connect(url, token) as client:
+        new_ids = client.resubmit(ids)
+    for job_id in new_ids:
+        typer.echo(job_id)
+
+
+def _confirm(question: str) -> None:
+    """Ask on the terminal; anything but yes leaves with exit 1 (no terminal: use --yes)."""
+    if not typer.confirm(question, default=False, err=True):
+        fail("nothing killed")
+
+
+def _id_list(ids: list[int], shown: int = 10) -> str:
+    head = ", ".join(str(i) for i in ids[:shown])
+    return head if len(ids) <= shown else f"{head}, … {len(ids) - shown} more"
 
 
 def output(

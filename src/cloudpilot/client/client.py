@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
@@ -26,6 +28,12 @@ FEW_JOBS = 20
 
 ProgressCallback = Callable[[dict[str, int]], None]
 
+
+
+@dataclass(frozen=True)
+class Submission:
+    ids: list[int]
+    warnings: list[str]
 
 class CloudpilotClient:
     """A user's (or admin's) connection to one cloudpilot server.
@@ -91,7 +99,13 @@ class CloudpilotClient:
         return self._request("GET", "/health").json()
 
     def submit(self, specs_or_document: object, base_dir: Path = Path(".")) -> list[int]:
-        """Submit what a job file holds (a job, a list of jobs, or a parametric job); return the ids in order.
+        """Submit what a job file holds (a job, a list of jobs, or a parametric job); return the ids in order
+        (:meth:`submission` also gives the server's warnings)."""
+        return self.submission(specs_or_document, base_dir).ids
+
+    def submission(self, specs_or_document: object, base_dir: Path = Path(".")) -> Submission:
+        """Submit what a job file holds; the ids in order, and the server's warnings (jobs no configured cloud
+        can run: accepted all the same, they wait for a pilot that offers what they need).
 
         Each distinct set of ``input_files`` (relative to ``base_dir``) is packed and uploaded once, and its
         sandbox id set as the jobs' ``input_sandbox`` (jobs that already name an ``input_sandbox`` are sent as
@@ -105,32 +119,46 @@ class CloudpilotClient:
                 sandbox_id = self.upload_sandbox(archive)
             for job in jobs:
                 job["input_sandbox"] = sandbox_id
-        return list(self._request("POST", "/jobs", json=plan.body).json()["ids"])
+        answer = self._request("POST", "/jobs", json=plan.body).json()
+        return Submission(list(answer["ids"]), list(answer.get("warnings", [])))
 
     def upload_sandbox(self, archive: IO[bytes] | bytes) -> str:
         """Upload a gzipped tar; return its content id ``sha256:<hex>``."""
         headers = {"Content-Type": "application/octet-stream"}
         return self._request("POST", "/sandboxes", content=archive, headers=headers).json()["id"]
 
-    def iter_jobs(self, state: JobState | str | None = None, after_id: int = 0) -> Iterator[dict[str, Any]]:
-        """The caller's jobs with ids above ``after_id``, oldest first, a page at a time."""
+    def iter_jobs(
+        self, state: JobState | str | None = None, after_id: int = 0, name: str | None = None, page: int = PAGE_SIZE
+    ) -> Iterator[dict[str, Any]]:
+        """The caller's jobs with ids above ``after_id``, oldest first, a page at a time; ``name``: a glob
+        (``*``, ``?``; case-insensitive) or an exact name."""
         while True:
-            params: dict[str, Any] = {"limit": PAGE_SIZE, "after_id": after_id}
+            params: dict[str, Any] = {"limit": page, "after_id": after_id}
             if state is not None:
                 params["state"] = str(state)
+            if name is not None:
+                params["name"] = name
             page = self._request("GET", "/jobs", params=params).json()
             yield from page["jobs"]
             if page.get("next_after_id") is None:
                 return
             after_id = page["next_after_id"]
 
-    def jobs(self, state: JobState | str | None = None) -> list[dict[str, Any]]:
-        """All the caller's jobs (an admin's: everyone's), oldest first, following the pagination."""
-        return list(self.iter_jobs(state))
+    def jobs(
+        self, state: JobState | str | None = None, name: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The caller's jobs (an admin's: everyone's), oldest first, following the pagination; the first
+        ``limit`` only when given."""
+        page = PAGE_SIZE if limit is None else max(1, min(limit, PAGE_SIZE))
+        return list(itertools.islice(self.iter_jobs(state, name=name, page=page), limit))
 
     def job(self, job_id: int) -> dict[str, Any]:
         """One job with its ``history``."""
         return self._request("GET", f"/jobs/{job_id}").json()
+
+    def waiting_reasons(self) -> list[dict[str, Any]]:
+        """The caller's waiting jobs grouped by why they wait: ``{reason, jobs, example_job_id}``, most first."""
+        return list(self._request("GET", "/jobs/waiting").json()["reasons"])
 
     def summary(self) -> dict[str, int]:
         """How many of the caller's jobs are in each state."""
@@ -139,6 +167,10 @@ class CloudpilotClient:
     def kill(self, job_id: int) -> dict[str, Any]:
         """Kill a job that is not final yet; :class:`ConflictError` if it is."""
         return self._request("POST", f"/jobs/{job_id}/kill").json()
+
+    def resubmit(self, job_ids: Iterable[int]) -> list[int]:
+        """New jobs from final jobs' specs and input sandboxes; their ids, in the order given."""
+        return list(self._request("POST", "/jobs/resubmit", json={"ids": list(job_ids)}).json()["ids"])
 
     def output(self, job_id: int, dest: Path) -> list[Path]:
         """Download a job's output sandbox and extract it into ``dest``; return the files written."""
@@ -332,6 +364,17 @@ class CloudpilotClient:
         body = {"role": str(role), "name": name, "vo": vo, "site": site}
         return self._request("POST", "/tokens", json={k: v for k, v in body.items() if v is not None}).json()["token"]
 
+    def tokens(self, role: str | None = None, include_inactive: bool = False) -> list[dict[str, Any]]:
+        """Tokens without their secrets (admin only), oldest first; revoked and expired ones too if asked."""
+        params: dict[str, str] = {"all": str(include_inactive).lower()}
+        if role is not None:
+            params["role"] = str(role)
+        return list(self._request("GET", "/tokens", params=params).json()["tokens"])
+
+    def revoke_token(self, token_id: str) -> dict[str, Any]:
+        """Revoke a token (admin only); it is refused from then on."""
+        return self._request("DELETE", f"/tokens/{_segment(token_id)}").json()
+
     # -- accounting -----------------------------------------------------------------------------------------
     # ``since``/``until``: UNIX seconds or ISO 8601 (UTC without a zone); records that ended in [since, until).
 
@@ -386,6 +429,10 @@ def _raise_for_error(response: httpx.Response) -> None:
             code, message, field = error.get("code"), str(error.get("message") or ""), error.get("field")
     except ValueError:
         pass
+    if code == "no_endpoint":  # a wrong URL or path prefix: name the whole URL tried
+        request = response.request
+        message = f"{request.method} {request.url.copy_with(query=None)} is not a cloudpilot endpoint (HTTP 404): "
+        message += "is the server URL right?"
     if not message:
         # Not a cloudpilot error body (a proxy, a load balancer, a wrong URL): say who was asked and what came back.
         text = response.text.strip().replace("\n", " ")[:200]

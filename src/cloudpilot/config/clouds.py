@@ -48,6 +48,12 @@ class _CloudCommon(_Section):
         {}, description="Endorsed image (dc:identifier of an image list) -> this cloud's image id (docs/images.md)."
     )
     boot_timeout_seconds: float = Field(600.0, gt=0, description="A VM whose pilot has not registered by then fails.")
+    expected_boot_seconds: float | None = Field(
+        None,
+        ge=0,
+        description="What a boot takes here until VMs have booted and their median is known (it weighs the "
+        "min-work rule); default: a local cloud's boot_seconds, unknown elsewhere.",
+    )
     max_lifetime_seconds: float = Field(172_800.0, gt=0, description="A VM is drained, then destroyed, after this.")
     grace_secs: int = Field(600, ge=0, description="MJF grace_secs: notice a VM gets before a shutdown deadline.")
     hs06_per_core: float = Field(10.0, gt=0, description="HEPSPEC06 of one core (MJF hs06, accounting, vacuum).")
@@ -94,6 +100,10 @@ class _CloudCommon(_Section):
     def flavor_list(self) -> tuple[Flavor, ...]:
         return tuple(Flavor(name, f.cores, f.memory_mb) for name, f in self.flavors.items())
 
+    def boot_estimate(self) -> float | None:
+        """What a boot is expected to take before any was observed; None: unknown."""
+        return self.expected_boot_seconds
+
 
 class LocalCloudConfig(_CloudCommon):
     driver: Literal["local"]
@@ -103,6 +113,10 @@ class LocalCloudConfig(_CloudCommon):
     register_images: bool = Field(
         False, description="Fetch and verify every held endorsed image and boot it from that file (docs/images.md)."
     )
+
+    def boot_estimate(self) -> float | None:
+        # The boot delay plus a second for the pilot to start and register.
+        return self.expected_boot_seconds if self.expected_boot_seconds is not None else self.boot_seconds + 1.0
 
 
 class LibcloudCloudConfig(_CloudCommon):

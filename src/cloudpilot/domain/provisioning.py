@@ -36,6 +36,16 @@ class ProvisioningKnobs(BaseModel):
     backoff_initial_seconds: float = Field(300.0, gt=0, description="Back-off of a cloud after a boot failure.")
     backoff_max_seconds: float = Field(1800.0, gt=0, description="Longest back-off; it doubles per failure.")
     cloud_order: CloudOrder = Field(CloudOrder.PRICE, description="Which clouds are filled first.")
+    max_defer_seconds: float = Field(
+        60.0, ge=0, description="Work the min-work rule defers starts a VM anyway once it has waited this long."
+    )
+
+    def backoff_end(self, failed_cycles: int, last_failure_at: float | None) -> float | None:
+        """When a cloud may start VMs again after ``failed_cycles`` failed provisioning cycles in a row (the
+        back-off doubles per cycle up to ``backoff_max_seconds``); None: no back-off."""
+        if failed_cycles <= 0 or last_failure_at is None:
+            return None
+        return last_failure_at + min(self.backoff_initial_seconds * 2 ** (failed_cycles - 1), self.backoff_max_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +61,22 @@ class WorkClass:
     sites_deny: frozenset[str]
     waiting: int
     image: str | None = None  # the endorsed image the jobs must run on (docs/images.md)
+    waiting_since: float | None = None  # when its oldest waiting job was submitted; None: not known
 
     @classmethod
-    def of(cls, tq: TaskQueue, waiting: int) -> WorkClass:
+    def of(cls, tq: TaskQueue, waiting: int, waiting_since: float | None = None) -> WorkClass:
         """The waiting jobs of a task queue (the server and the simulator build their snapshots with it)."""
         return cls(
-            tq.vo, tq.cores, tq.memory_mb, tq.wall_seconds, tq.tags, tq.sites_allow, tq.sites_deny, waiting, tq.image
+            tq.vo,
+            tq.cores,
+            tq.memory_mb,
+            tq.wall_seconds,
+            tq.tags,
+            tq.sites_allow,
+            tq.sites_deny,
+            waiting,
+            tq.image,
+            waiting_since,
         )
 
     @classmethod
@@ -123,6 +143,25 @@ class CloudView:
     endorsed_only: bool = False
     images: dict[str, frozenset[str]] = field(default_factory=dict)
     vo_images: dict[str, str | None] = field(default_factory=dict)
+    # What a boot costs here: the median seconds from request to a running pilot over recent VMs (or the
+    # configured expectation before any VM booted); None: not known. The min-work rule is weighed against it.
+    boot_seconds: float | None = None
+    last_error: str | None = None  # the (redacted) reason of the latest failed boot, for explanations
+    disabled_vos: frozenset[str] = frozenset()  # VOs its site has switched off: their pilots would be halted
+    # A configuration error the cloud answered with (docs/provisioning.md): it starts nothing until the server
+    # restarts with the configuration fixed. None: none seen.
+    misconfigured: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PilotView:
+    """A pilot started by hand (not in one of our VMs) that asked for work recently: what it offered."""
+
+    vo: str | None
+    cores: int
+    memory_mb: int | None
+    site: str | None
+    last_seen_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +171,7 @@ class ProvisioningSnapshot:
     vo_shares: dict[str, float] = field(default_factory=dict)
     default_share: float = 1.0
     pledges: dict[str, dict[str, int]] = field(default_factory=dict)  # site -> VO -> pledged cores
+    pilots: tuple[PilotView, ...] = ()  # hand-started pilots seen lately (only explanations read them)
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,13 +44,14 @@ def image_for(cloud: CloudView, wc: WorkClass) -> str | None:
 
 def boots_for(cloud: CloudView, vo: str) -> bool:
     """Whether the cloud may boot a VM for the VO's jobs that need no particular image or tag."""
-    return image_for(cloud, WorkClass.any_of(vo)) is not None
+    return vo not in cloud.disabled_vos and image_for(cloud, WorkClass.any_of(vo)) is not None
 
 
 def suits(cloud: CloudView, wc: WorkClass) -> bool:
     """Whether VMs of this cloud may run the class's jobs at all (an image it may boot for them, tags, site, a
-    big enough flavor)."""
-    if image_for(cloud, wc) is None:
+    big enough flavor, a site that has not switched the VO off). :func:`cloudpilot.policy.explain.why_unsuited`
+    says which of these fails, in this order."""
+    if wc.vo in cloud.disabled_vos or image_for(cloud, wc) is None:
         return False
     if cloud.site in wc.sites_deny or (wc.sites_allow and cloud.site not in wc.sites_allow):
         return False

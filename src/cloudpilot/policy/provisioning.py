@@ -12,9 +12,10 @@ One decision, in order (docs/provisioning.md, "The policy"):
 5. the rest of each class starts new VMs: on the suitable demand clouds without a pending shutdown, in
    ``cloud_order``, with the flavor that wastes least, as many as the remaining jobs need, cut to the cloud's
    quota (VMs, cores, memory), its start rate, the pledge caps of its site — or, at a site without pledges,
-   the VO's share of the cloud when other VOs want it too — and to VMs with at least
-   ``min_work_seconds_per_core`` of estimated work per core; cores a new VM leaves free are offered to the
-   VO's next classes;
+   the VO's share of the cloud when other VOs want it too — and to as many VMs as the class's whole waiting
+   work fills with the min-work threshold each (VMDIRAC's CPUPerInstance: ``min_work_seconds_per_core``, or
+   the cloud's boot time if less, per core); work below one VM's threshold is deferred, for at most
+   ``max_defer_seconds``; cores a new VM leaves free are offered to the VO's next classes;
 6. reclaim: a pledged VO still short at its site because the site's clouds are full gets the cores of VOs
    above their pledge drained, just enough (:func:`cloudpilot.policy.pledges.reclaim`);
 7. vacuum clouds start VMs by target share, with a back-off per VO (:mod:`cloudpilot.policy.vacuum`).
@@ -26,7 +27,8 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from cloudpilot.domain.provisioning import (
     Action,
@@ -46,15 +48,12 @@ from cloudpilot.policy.capacity import capacity_drains
 from cloudpilot.policy.pledges import SitePledges, growth_caps, reclaim, site_pledges
 from cloudpilot.policy.vacuum import vacuum_starts
 
-__all__ = ["backoff_until", "best_flavor", "decide", "suits"]
+__all__ = ["ClassOutcome", "Plan", "backoff_until", "best_flavor", "decide", "min_work_per_core", "plan", "suits"]
 
 
 def backoff_until(cloud: CloudView, knobs: ProvisioningKnobs) -> float | None:
-    """When a cloud may start VMs again after ``boot_failures_in_row`` failures; ``None``: no back-off."""
-    if cloud.boot_failures_in_row <= 0 or cloud.last_boot_failure_at is None:
-        return None
-    delay = knobs.backoff_initial_seconds * 2 ** (cloud.boot_failures_in_row - 1)
-    return cloud.last_boot_failure_at + min(delay, knobs.backoff_max_seconds)
+    """When a cloud may start VMs again after ``boot_failures_in_row`` failed cycles; ``None``: no back-off."""
+    return knobs.backoff_end(cloud.boot_failures_in_row, cloud.last_boot_failure_at)
 
 
 def best_flavor(flavors: tuple[Flavor, ...], wc: WorkClass, jobs: int) -> tuple[Flavor, int] | None:
@@ -73,6 +72,37 @@ def best_flavor(flavors: tuple[Flavor, ...], wc: WorkClass, jobs: int) -> tuple[
     return None if best is None else (best[1], best[2])
 
 
+DEFERRED = "deferred: "  # how a deferral's reason starts
+
+
+def min_work_per_core(cloud: CloudView, knobs: ProvisioningKnobs) -> float:
+    """Seconds of work per core a new VM must have in sight: ``min_work_seconds_per_core``, but never more than
+    the cloud's boot time — a VM that works at least as long as it took to boot is worth booting, so a cloud
+    that boots in seconds defers nothing."""
+    if cloud.boot_seconds is None:
+        return knobs.min_work_seconds_per_core
+    return min(knobs.min_work_seconds_per_core, max(0.0, cloud.boot_seconds))
+
+
+@dataclass
+class ClassOutcome:
+    """What one decision did for one work class: jobs placed on free cores of live VMs and on VMs started now,
+    per cloud, why each suitable cloud started nothing (more) for it, and how many jobs are left unplaced.
+    :mod:`cloudpilot.policy.explain` turns it into the reason a job waits."""
+
+    slots: dict[str, int] = field(default_factory=dict)
+    started: dict[str, int] = field(default_factory=dict)
+    blocked: dict[str, str] = field(default_factory=dict)
+    left: int = 0
+    deferred_until: float | None = None  # the min-work rule holds it back until then (a VM starts anyway)
+
+
+@dataclass(frozen=True)
+class Plan:
+    actions: list[Action]
+    outcomes: list[ClassOutcome]  # one per ``snapshot.work`` entry, in its order
+
+
 @dataclass
 class _Slot:
     cores: int
@@ -84,6 +114,12 @@ class _Slot:
 def decide(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float) -> list[Action]:
     """The actions for this cycle: VMs to stop, VMs to drain, then VMs to start (grouped per cloud, VO and
     flavor; demand starts first, then vacuum starts)."""
+    return plan(snapshot, knobs, now).actions
+
+
+def plan(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float) -> Plan:
+    """:func:`decide`, with what it did for each work class (the explanations read it, so they cannot
+    disagree with the decision)."""
     stops = _idle_stops(snapshot, knobs, now)
     gone = {a.vm_id for a in stops}  # stopped or drained in this decision: no supply, not held
     drains: list[DrainVM] = capacity_drains(snapshot.clouds, gone)
@@ -95,13 +131,15 @@ def decide(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float)
     supply = _supply(snapshot.clouds, gone)
 
     # Free slots first, for every class, so "waiting" (for pledges) means work no slot will take.
-    work = _ordered_work(snapshot)
+    indexed = _ordered_work(snapshot)
+    work = [wc for _, wc in indexed]
+    outcomes = [ClassOutcome(left=wc.waiting) for wc in snapshot.work]
     suitable = [[c for c in clouds if suits(c, wc)] for wc in work]
     left = []
-    for wc, where in zip(work, suitable, strict=True):
+    for (index, wc), where in zip(indexed, suitable, strict=True):
         remaining = wc.waiting
         for cloud in where:
-            remaining = _fill_slots(supply[(cloud.name, wc.vo)], wc, remaining, cloud)
+            remaining = _fill_slots(supply[(cloud.name, wc.vo)], wc, remaining, cloud, outcomes[index].slots)
         left.append(remaining)
 
     sites = site_pledges(snapshot, gone, list(zip(work, left, strict=True)))
@@ -114,17 +152,25 @@ def decide(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float)
     # New VMs; the free cores they leave (``fresh``) serve the VO's next classes.
     fresh: dict[tuple[str, str], list[_Slot]] = defaultdict(list)
     starts: dict[tuple[str, str, str, str], int] = defaultdict(int)  # (cloud, VO, flavor, image) -> VMs
-    for i, (wc, where) in enumerate(zip(work, suitable, strict=True)):
+    for i, ((index, wc), where) in enumerate(zip(indexed, suitable, strict=True)):
+        outcome = outcomes[index]
         remaining = left[i]
         for cloud in where:
-            remaining = _fill_slots(fresh[(cloud.name, wc.vo)], wc, remaining, cloud)
+            remaining = _fill_slots(fresh[(cloud.name, wc.vo)], wc, remaining, cloud, outcome.started)
         for cloud in where:
             if remaining <= 0:
                 break
-            if cloud.mode is not CloudMode.DEMAND or not _may_start(cloud, knobs, now):
-                continue
-            remaining = _start_for(cloud, wc, remaining, budgets[cloud.name], fresh, starts, knobs)
-        left[i] = remaining
+            why_not = _why_no_start(cloud, knobs, now)
+            if why_not is None:
+                before = remaining
+                remaining, why_not = _start_for(cloud, wc, remaining, budgets[cloud.name], fresh, starts, knobs, now)
+                if why_not is not None and why_not.startswith(DEFERRED) and wc.waiting_since is not None:
+                    outcome.deferred_until = wc.waiting_since + knobs.max_defer_seconds
+                if remaining < before:
+                    outcome.started[cloud.name] = outcome.started.get(cloud.name, 0) + before - remaining
+            if why_not is not None:
+                outcome.blocked[cloud.name] = why_not
+        left[i] = outcome.left = remaining
 
     if sites:
         drains.extend(_reclaim(snapshot, sites, work, left, starts, budgets, gone, knobs))
@@ -137,11 +183,32 @@ def decide(snapshot: ProvisioningSnapshot, knobs: ProvisioningKnobs, now: float)
     for cloud in clouds:
         if cloud.mode is CloudMode.VACUUM and _may_start(cloud, knobs, now):
             actions.extend(vacuum_starts(cloud, snapshot, budgets[cloud.name], gone, now))
-    return actions
+    return Plan(actions, outcomes)
+
+
+def _why_no_start(cloud: CloudView, knobs: ProvisioningKnobs, now: float) -> str | None:
+    """Why the demand path starts nothing on this cloud in this cycle, whatever the work; None: it may."""
+    if cloud.mode is not CloudMode.DEMAND:
+        return "vacuum cloud: the site starts its VMs by target share, not for waiting jobs"
+    if cloud.shutdown_pending:
+        return "shutdown pending: the site closed it to new VMs"
+    if cloud.misconfigured:
+        return f"misconfigured (fix the configuration and restart the server): {cloud.misconfigured}"
+    until = backoff_until(cloud, knobs)
+    if until is not None and now < until:
+        error = f": {cloud.last_error}" if cloud.last_error else ""
+        failures = cloud.boot_failures_in_row
+        return f"backing off until {iso(until)} after {failures} failed boot cycle(s){error}"
+    return None
+
+
+def iso(when: float) -> str:
+    """A time for a person: ISO 8601 in UTC, to the second."""
+    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _may_start(cloud: CloudView, knobs: ProvisioningKnobs, now: float) -> bool:
-    return not cloud.shutdown_pending and not _backed_off(cloud, knobs, now)
+    return not cloud.shutdown_pending and not cloud.misconfigured and not _backed_off(cloud, knobs, now)
 
 
 def _reclaim(
@@ -176,24 +243,34 @@ def _start_for(
     supply: dict[tuple[str, str], list[_Slot]],
     starts: dict[tuple[str, str, str, str], int],
     knobs: ProvisioningKnobs,
-) -> int:
+    now: float,
+) -> tuple[int, str | None]:
+    """Start VMs on this cloud for the class's remaining jobs; the jobs still unplaced, and why, if no VM
+    started."""
     choice = best_flavor(cloud.flavors, wc, remaining)
     if choice is None:
-        return remaining
+        return remaining, "no flavor fits its jobs"  # not reached: ``suits`` checked that one does
     flavor, per_vm = choice
-    count = min(math.ceil(remaining / per_vm), budget.vms_allowed(flavor, wc.vo))
-    min_work = knobs.min_work_seconds_per_core * flavor.cores
-    # CPUPerInstance: the last VM, which may be partly filled, must still have enough work; full ones too.
-    while count > 0:
-        last_jobs = min(per_vm, remaining - (count - 1) * per_vm)
-        if last_jobs * wc.cores * wc.wall_seconds >= min_work:
-            break
-        count -= 1
+    wanted = math.ceil(remaining / per_vm)
+    # CPUPerInstance over the class's whole waiting work: as many VMs as it fills with the threshold each;
+    # those VMs then run the class's jobs one after another. Work below one VM's worth is deferred, not starved.
+    threshold = min_work_per_core(cloud, knobs) * flavor.cores
+    work = remaining * wc.cores * wc.wall_seconds
+    target = wanted if threshold <= 0 else min(wanted, int(work // threshold))
+    if target == 0:
+        since = now if wc.waiting_since is None else wc.waiting_since
+        if now - since < knobs.max_defer_seconds:
+            starts_by = "" if wc.waiting_since is None else f", starts by {iso(since + knobs.max_defer_seconds)}"
+            return remaining, f"{DEFERRED}{work:.0f} of {threshold:.0f} core-seconds{starts_by}"
+        target = 1
+    count = min(target, budget.vms_allowed(flavor, wc.vo))
     if count <= 0:
-        return remaining
+        return remaining, _why_no_room(cloud, budget, flavor, wc.vo)
     budget.take(flavor, wc.vo, count)
     image = image_for(cloud, wc) or PLAIN_IMAGE
     starts[(cloud.name, wc.vo, flavor.name, image)] += count
+    if count == target < wanted:
+        return 0, None  # fewer VMs than jobs at once, by the work rule: they take the whole class in turn
     placed = min(remaining, count * per_vm)
     # Cores the new VMs leave free serve the VO's other classes on this cloud.
     leftover_cores = count * flavor.cores - placed * wc.cores
@@ -202,11 +279,31 @@ def _start_for(
         free_memory = count * flavor.memory_mb - used_memory
         provided = cloud.images.get(image, frozenset())
         supply[(cloud.name, wc.vo)].append(_Slot(leftover_cores, free_memory, image, provided))
-    return remaining - placed
+    return remaining - placed, None
 
 
-def _fill_slots(slots: list[_Slot], wc: WorkClass, remaining: int, cloud: CloudView) -> int:
+def _why_no_room(cloud: CloudView, budget: Budget, flavor: Flavor, vo: str) -> str:
+    """Which limit of :meth:`Budget.vms_allowed` left no room for one VM of the flavor, in words."""
+    if budget.vms < 1:
+        return f"quota full ({cloud.max_vms - int(budget.vms)}/{cloud.max_vms} VMs)"
+    if budget.starts < 1:
+        return f"start rate reached ({math.floor(cloud.start_rate_per_minute)} VMs a minute)"
+    if budget.cores < flavor.cores:
+        free = max(0, int(budget.cores))
+        return f"core quota full ({free} of {cloud.max_cores} cores free, {flavor.name} needs {flavor.cores})"
+    if budget.memory_mb < flavor.memory_mb:
+        return f"memory quota full ({cloud.max_memory_mb} MB, {max(0, int(budget.memory_mb))} MB free)"
+    if budget.site_cores.get(vo, INF) < flavor.cores:
+        return f"VO {vo} at its pledge at {cloud.site} while another VO waits below its own"
+    if budget.vo_cores.get(vo, INF) < flavor.cores:
+        return f"VO {vo} holds its share of {cloud.name} while other VOs wait"
+    return "no room for a VM"  # not reached: one of the limits above is what vms_allowed found short
+
+
+def _fill_slots(slots: list[_Slot], wc: WorkClass, remaining: int, cloud: CloudView, placed: dict[str, int]) -> int:
+    """Put jobs on free cores; ``placed`` counts them per cloud."""
     choosy = wc.image is not None or bool(wc.tags)  # else any slot of the VO will do (the common case)
+    before = remaining
     for slot in slots:
         if remaining <= 0:
             break
@@ -219,6 +316,8 @@ def _fill_slots(slots: list[_Slot], wc: WorkClass, remaining: int, cloud: CloudV
         slot.cores -= took * wc.cores
         slot.memory_mb -= took * (wc.memory_mb or 0)
         remaining -= took
+    if remaining < before:
+        placed[cloud.name] = placed.get(cloud.name, 0) + before - remaining
     return remaining
 
 
@@ -288,8 +387,9 @@ def _supply(clouds: tuple[CloudView, ...], stopping: set[str]) -> dict[tuple[str
     return supply
 
 
-def _ordered_work(snapshot: ProvisioningSnapshot) -> list[WorkClass]:
-    """VO furthest below its share (by cores held on every cloud) first, then its biggest classes."""
+def _ordered_work(snapshot: ProvisioningSnapshot) -> list[tuple[int, WorkClass]]:
+    """VO furthest below its share (by cores held on every cloud) first, then its biggest classes; each with
+    its index in ``snapshot.work``."""
     held: dict[str, int] = defaultdict(int)
     for cloud in snapshot.clouds:
         for vo, cores in _held(cloud).items():
@@ -299,7 +399,8 @@ def _ordered_work(snapshot: ProvisioningSnapshot) -> list[WorkClass]:
         share = snapshot.vo_shares.get(vo, snapshot.default_share)
         return held[vo] / share if share > 0 else INF
 
-    return sorted(
-        (wc for wc in snapshot.work if wc.waiting > 0),
-        key=lambda wc: (vo_key(wc.vo), wc.vo, -wc.waiting * wc.cores, wc.cores, wc.wall_seconds, sorted(wc.tags)),
-    )
+    def key(entry: tuple[int, WorkClass]) -> tuple[float, str, int, int, int, list[str]]:
+        wc = entry[1]
+        return (vo_key(wc.vo), wc.vo, -wc.waiting * wc.cores, wc.cores, wc.wall_seconds, sorted(wc.tags))
+
+    return sorted(((i, wc) for i, wc in enumerate(snapshot.work) if wc.waiting > 0), key=key)

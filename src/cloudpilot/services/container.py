@@ -13,6 +13,7 @@ from cloudpilot.services.accounting import AccountingService
 from cloudpilot.services.auth import Authenticator
 from cloudpilot.services.clock import Clock, SystemClock
 from cloudpilot.services.cloud_drivers import build_drivers
+from cloudpilot.services.cloud_health import CloudHealth
 from cloudpilot.services.clusters import ClusterService
 from cloudpilot.services.images import ImageService
 from cloudpilot.services.jobs import JobService
@@ -24,6 +25,7 @@ from cloudpilot.services.site_control import SiteControl
 from cloudpilot.services.site_policy import SitePolicy
 from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.services.vm_monitor import VMMonitor
+from cloudpilot.services.waiting import WaitingService
 from cloudpilot.storage.local import LocalSandboxStore
 from cloudpilot.store.accounting import AccountingRepository
 from cloudpilot.store.clusters import ClusterRepository
@@ -36,6 +38,7 @@ from cloudpilot.store.sandboxes import SandboxRepository
 from cloudpilot.store.sites import SiteRepository
 from cloudpilot.store.tokens import TokenRepository
 from cloudpilot.store.vms import VMRepository
+from cloudpilot.store.waiting import WaitingReasonRepository
 
 
 @dataclass
@@ -59,6 +62,7 @@ class Services:
     sites: SiteControl
     clusters: ClusterService
     images: ImageService
+    waiting: WaitingService
     work_listeners: list[Callable[[], None]] = field(default_factory=list)
     public_url: str = "http://127.0.0.1:8080"  # where VMs reach this server; set by the server once it listens
 
@@ -73,6 +77,7 @@ class Services:
         vm_repo = VMRepository(db)
         pilot_repo = PilotRepository(db)
         drivers = build_drivers(config.clouds, data_dir)
+        health = CloudHealth()  # what the monitor and the provisioner learn of each cloud; /clouds shows it
         sandbox_store = LocalSandboxStore(config.sandbox_dir_for(data_dir), config.storage.max_sandbox_bytes)
         matcher = MatchService(job_repo, config)
         site_repo = SiteRepository(db)
@@ -85,6 +90,7 @@ class Services:
             services.provisioner.apply(actions, now)
 
         images = ImageService(config, ImageRepository(db), vm_repo, data_dir, drain=drain)
+        waiting_reasons = WaitingReasonRepository(db)
         services = cls(
             config=config,
             data_dir=data_dir,
@@ -108,6 +114,9 @@ class Services:
                 site_repo,
                 server_url=lambda: services.vm_server_url(),
                 images=images,
+                health=health,
+                pilots=pilot_repo,
+                reasons=waiting_reasons,
             ),
             accounting=AccountingService(records),
             vm_monitor=VMMonitor(
@@ -121,6 +130,7 @@ class Services:
                 record_usage=lambda vm, now: records.record_vm(
                     vm, ended_at=now, price_per_core_hour=_price_of(config, vm.cloud), now=now
                 ),
+                health=health,
             ),
             sites=SiteControl(config, site_repo, vm_repo, site_policy),
             clusters=ClusterService(
@@ -134,6 +144,7 @@ class Services:
                 images=images,
             ),
             images=images,
+            waiting=WaitingService(config, job_service, waiting_reasons, images),
         )
         return services
 

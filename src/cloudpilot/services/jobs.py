@@ -13,7 +13,7 @@ from cloudpilot.services import metrics
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden, TooMany
 from cloudpilot.storage.base import SandboxStore
-from cloudpilot.store.errors import NotFound
+from cloudpilot.store.errors import Conflict, NotFound
 from cloudpilot.store.jobs import JobRepository
 
 log = logging.getLogger("cloudpilot.jobs")
@@ -63,12 +63,37 @@ class JobService:
         self.get(principal, job_id)
         return self.jobs.history(job_id)
 
-    def list(self, principal: Principal, state: JobState | None, limit: int, after_id: int) -> list[Job]:
-        vo, owner = self._scope(principal)
-        return self.jobs.list(vo, owner, state, limit, after_id)
+    def list(
+        self, principal: Principal, state: JobState | None, limit: int, after_id: int, name: str | None = None
+    ) -> list[Job]:
+        vo, owner = self.scope(principal)
+        return self.jobs.list(vo, owner, state, limit, after_id, name)
+
+    def resubmit(self, principal: Principal, job_ids: Sequence[int], now: float) -> list[int]:
+        """New waiting jobs from the stored specs of final jobs (input sandbox included), in the order given;
+        each belongs to its original's owner. Nothing is submitted unless every id can be resubmitted."""
+        if not job_ids:
+            raise BadInput("no job to resubmit", "ids")
+        originals = [self.get(principal, job_id) for job_id in dict.fromkeys(job_ids)]
+        busy = [f"{j.id} ({j.state.value})" for j in originals if not j.state.is_final]
+        if busy:
+            raise Conflict(f"only final jobs can be resubmitted; not final yet: {', '.join(busy)}")
+        for job in originals:
+            if job.spec.input_sandbox is not None and not self.sandboxes.exists(job.spec.input_sandbox):
+                raise Conflict(f"job {job.id}: its input sandbox {job.spec.input_sandbox} is no longer stored")
+        # A user's jobs share one owner; an admin's may belong to several, each keeping its own.
+        new_ids: dict[int, int] = {}
+        by_owner: dict[tuple[str, str], list[Job]] = {}
+        for job in originals:
+            by_owner.setdefault((job.vo, job.owner), []).append(job)
+        for (vo, owner), group in by_owner.items():
+            submitter = Principal(token_id=principal.token_id, role=Role.USER, name=owner, vo=vo)
+            ids = self.submit(submitter, [j.spec for j in group], now)
+            new_ids.update(zip((j.id for j in group), ids, strict=True))
+        return [new_ids[job_id] for job_id in job_ids]
 
     def counts(self, principal: Principal) -> dict[str, int]:
-        vo, owner = self._scope(principal)
+        vo, owner = self.scope(principal)
         return self.jobs.counts(vo, owner)
 
     def kill(self, principal: Principal, job_id: int, now: float) -> Job:
@@ -95,7 +120,8 @@ class JobService:
         raise NotFound(f"job {job_id} has no output chunk starting at event {first}")
 
     @staticmethod
-    def _scope(principal: Principal) -> tuple[str | None, str | None]:
+    def scope(principal: Principal) -> tuple[str | None, str | None]:
+        """(VO, owner) of the jobs the principal may see; (None, None): an admin sees every job."""
         if principal.is_admin:
             return None, None
         require(principal, Role.USER)

@@ -54,6 +54,8 @@ class MatchAnswer:
 
 log = logging.getLogger("cloudpilot.pilots")
 
+SEEN_EVERY_SECONDS = 60.0
+
 
 class PilotService:
     def __init__(
@@ -72,6 +74,7 @@ class PilotService:
         self.matcher = matcher
         self.config = config
         self._owners: dict[str, str] = {}  # pilot id -> token id; pilots never change hands
+        self._seen: dict[str, float] = {}  # hand-started pilot id -> when its last_seen_at was written
         self._lock = threading.Lock()
 
     def register(
@@ -140,6 +143,8 @@ class PilotService:
                 return MatchAnswer(halt=(int(permission.halt[0]), permission.halt[1]), shutdowntime=deadline)
             offer = offer.model_copy(update={"seconds_left": permission.seconds_left})
         job = self.matcher.match(pilot_id, offer, principal.vo, now)
+        if vm_id is None:
+            self._seen_now(pilot_id, now)
         if activity is not None and vm_id is not None:
             activity.seen(vm_id, now, matched=job is not None)
         if job is None and deadline is not None:
@@ -148,6 +153,17 @@ class PilotService:
             halt = (int(ShutdownCode.SHUTDOWN_AS_REQUESTED), f"the site shuts this VM down by {moment}")
             return MatchAnswer(halt=halt, shutdowntime=deadline)
         return MatchAnswer(job, shutdowntime=deadline)
+
+    def _seen_now(self, pilot_id: str, now: float) -> None:
+        """Keep a hand-started pilot's ``last_seen_at`` fresh to the minute (explanations of why work waits
+        read what such pilots offered lately), without a write per match."""
+        with self._lock:
+            if now - self._seen.get(pilot_id, 0.0) < SEEN_EVERY_SECONDS:
+                return
+            self._seen[pilot_id] = now
+            if len(self._seen) > 10_000:  # pilots come and go: forget those silent for a while
+                self._seen = {p: t for p, t in self._seen.items() if now - t < 10 * SEEN_EVERY_SECONDS}
+        self.pilots.seen(pilot_id, now)
 
     def input_sandbox(self, principal: Principal, job_id: int, lease_token: int) -> str:
         job = self._held(principal, job_id, lease_token)

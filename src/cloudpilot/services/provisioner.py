@@ -9,23 +9,26 @@ minted for it alone; the cloud's answer moves it to ``booting`` or ``failed`` (w
 from __future__ import annotations
 
 import logging
+import math
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cloudpilot.clouds.base import CloudDriver, LaunchRequest
-from cloudpilot.clouds.errors import CloudError
+from cloudpilot.clouds.errors import CloudConfigError, CloudError
 from cloudpilot.config import ServerConfig
 from cloudpilot.config.clouds import LibcloudCloudConfig, LocalCloudConfig
 from cloudpilot.context.redact import redact
 from cloudpilot.context.userdata import PilotContext, build_user_data
 from cloudpilot.domain.auth import Role
 from cloudpilot.domain.images import CloudImages
+from cloudpilot.domain.matching import TaskQueue
 from cloudpilot.domain.provisioning import (
     Action,
     CloudMode,
     CloudView,
     DrainVM,
+    PilotView,
     ProvisioningSnapshot,
     StartVMs,
     StopVM,
@@ -35,13 +38,18 @@ from cloudpilot.domain.provisioning import (
 )
 from cloudpilot.domain.vms import VM_TRANSITIONS, VMState
 from cloudpilot.policy.base import DefaultPolicy, ProvisioningPolicy
+from cloudpilot.policy.explain import PILOT_WINDOW_SECONDS, explain
+from cloudpilot.policy.provisioning import plan
 from cloudpilot.services import metrics
+from cloudpilot.services.cloud_health import CloudHealth, as_config_error
 from cloudpilot.services.images import ImageService
 from cloudpilot.services.vm_records import cloud_shutdown_deadline, requested_vm
 from cloudpilot.store.jobs import JobRepository
-from cloudpilot.store.sites import ScheduledShutdown, SiteRepository
+from cloudpilot.store.pilots import PilotRepository
+from cloudpilot.store.sites import ScheduledShutdown, SiteRepository, VOSwitch
 from cloudpilot.store.tokens import TokenRepository
 from cloudpilot.store.vms import VMRepository
+from cloudpilot.store.waiting import WaitingReasonRepository
 
 log = logging.getLogger("cloudpilot.provisioner")
 
@@ -60,24 +68,52 @@ class Provisioner:
     on_change: Callable[[], None] = lambda: None
     policy: ProvisioningPolicy | None = None  # default: cloudpilot's own, with config.policy's knobs
     images: ImageService | None = None  # image lists (docs/images.md); None: the per-VO images, unchecked
+    health: CloudHealth = field(default_factory=CloudHealth)  # shared with the VM monitor (cloud errors)
+    pilots: PilotRepository | None = None  # hand-started pilots, for explanations
+    reasons: WaitingReasonRepository | None = None  # where each cycle's explanations go; None: not kept
 
     def __post_init__(self) -> None:
         if self.policy is None:
             self.policy = DefaultPolicy(self.config.policy)
+        self._tq_ids: list[int] = []  # the task queue of each work class of the latest snapshot
+        self._explained: dict[int, tuple[str, dict[str, object]]] = {}
+        self._switches: dict[tuple[str, str], VOSwitch] = {}
+        self.due_at: float | None = None  # when deferred work starts a VM anyway: run a cycle then
 
     @property
     def interval(self) -> float:
         return self.config.provisioner.interval_seconds
 
     def tick(self, now: float) -> list[Action]:
-        if not self.drivers:
-            return []
         assert self.policy is not None
         snapshot = self.snapshot(now)
+        outcomes = None
         with metrics.DECIDE_SECONDS.time():
-            actions = self.policy.decide(snapshot, now)
-        self.apply(actions, now)
+            if isinstance(self.policy, DefaultPolicy):  # one plan serves the decision and its explanation
+                made = plan(snapshot, self.policy.knobs, now)
+                actions, outcomes = made.actions, made.outcomes
+            else:
+                actions = self.policy.decide(snapshot, now)
+        self._keep_explanations(snapshot, outcomes, now)
+        deferred = [o.deferred_until for o in outcomes or () if o.deferred_until is not None]
+        self.due_at = min(deferred, default=None)
+        if self.drivers:
+            self.apply(actions, now)
         return actions
+
+    def _keep_explanations(self, snapshot: ProvisioningSnapshot, outcomes: list | None, now: float) -> None:
+        """Store why each class waits (cloudpilot's policy's view; written only when something changed)."""
+        if self.reasons is None:
+            return
+        knobs = self.policy.knobs if isinstance(self.policy, DefaultPolicy) else self.config.policy
+        explained = {
+            tq_id: (reason.summary, {"clouds": reason.clouds, "pilots": reason.pilots})
+            for tq_id, reason in zip(self._tq_ids, explain(snapshot, knobs, now, outcomes), strict=True)
+            if reason is not None
+        }
+        if explained != self._explained:
+            self.reasons.replace(explained, now)
+            self._explained = explained
 
     def apply(self, actions: list[Action], now: float) -> None:
         """Carry out the policy's actions (also used by site control and tests)."""
@@ -92,7 +128,10 @@ class Provisioner:
     # --- reading ----------------------------------------------------------------------------------------
 
     def snapshot(self, now: float) -> ProvisioningSnapshot:
-        work = tuple(WorkClass.of(tq, n) for tq, n in self.jobs.waiting_per_task_queue(cap=self._placeable_jobs()))
+        waiting = self.jobs.waiting_per_task_queue(cap=self._placeable_jobs())
+        since = self.jobs.waiting_since(tq.id for tq, _ in waiting)
+        work = tuple(WorkClass.of(tq, n, since.get(tq.id)) for tq, n in waiting)
+        self._tq_ids = [tq.id for tq, _ in waiting]
         images = self._cloud_images(now)
         live = self.vms.list(states={s for s in VMState if not s.is_final})
         busy = self.jobs.active_cores_by_vm()
@@ -122,6 +161,7 @@ class Provisioner:
             )
         shutdowns = self.sites.active_shutdowns()
         overrides = self.sites.capacity_overrides()
+        self._switches = self.sites.vo_switches()
         clouds = tuple(
             self._cloud_view(name, settings, by_cloud[name], now, shutdowns, overrides, images.get(name))
             for name, settings in self._configured()
@@ -135,13 +175,38 @@ class Provisioner:
             vo_shares=self.config.vo_shares(),
             default_share=self.config.default_vo_share,
             pledges=pledges,
+            pilots=self._hand_started(now),
         )
 
-    def _placeable_jobs(self) -> int:
-        """More jobs of one class than the clouds could ever hold at once (free slots of every VM, plus new
-        VMs): counting waiting jobs beyond this cannot change a decision."""
+    def _hand_started(self, now: float) -> tuple[PilotView, ...]:
+        if self.pilots is None:
+            return ()
+        recent = self.pilots.hand_started_since(now - PILOT_WINDOW_SECONDS)
+        return tuple(
+            PilotView(p.vo, p.cores, p.memory_mb, p.site, p.last_seen_at) for p in recent if p.state == "active"
+        )
+
+    def _disabled_vos(self, site: str | None) -> frozenset[str]:
+        """VOs switched off at the site (a switch set through the API overrides the configuration)."""
+        if site is None:
+            return frozenset()
+        disabled = set(self.config.site_config(site).disabled_vos)
+        for (switch_site, vo), switch in self._switches.items():
+            if switch_site == site:
+                (disabled.discard if switch.enabled else disabled.add)(vo)
+        return frozenset(disabled)
+
+    def _placeable_jobs(self) -> Callable[[TaskQueue], int]:
+        """How many waiting jobs of a class to count: more than the clouds could ever hold at once (free slots
+        of every VM, plus new VMs), and for short jobs enough to weigh the min-work rule for all those cores.
+        Counting beyond this cannot change a decision."""
         cores = sum(c.max_vms * max(f.cores for f in c.flavors.values()) for _, c in self._configured())
-        return 2 * cores + 1
+        min_work = self.config.policy.min_work_seconds_per_core
+
+        def cap(tq: TaskQueue) -> int:
+            return 2 * cores + 1 + math.ceil(cores * min_work / (tq.cores * max(1, tq.wall_seconds)))
+
+        return cap
 
     def _cloud_images(self, now: float) -> dict[str, CloudImages]:
         """What each cloud may boot now, under the image lists held (read once per cycle)."""
@@ -164,6 +229,8 @@ class Provisioner:
         images: CloudImages | None = None,
     ) -> CloudView:
         failures, last_failure = self.vms.boot_failures_in_row(name)
+        last_error = self.vms.last_failure(name) if failures else None
+        boot_seconds = self.vms.boot_stats(name).median_boot_seconds
         image_fields = self.images.view_fields(name, images) if self.images and images else {"vos": c.served_vos()}
         mode = CloudMode(c.mode)
         recent_ends: tuple[VMEnd, ...] = ()
@@ -196,6 +263,10 @@ class Provisioner:
             backoff_seconds=c.backoff_seconds,
             recent_ends=recent_ends,
             shutdown_pending=any(s.closes(c.site, name) for s in shutdowns),
+            misconfigured=self.health.misconfigured(name),
+            boot_seconds=boot_seconds if boot_seconds is not None else c.boot_estimate(),
+            last_error=last_error.reason if last_error is not None else None,
+            disabled_vos=self._disabled_vos(c.site),
             **image_fields,
         )
 
@@ -247,10 +318,15 @@ class Provisioner:
                 instance = self.drivers[action.cloud].create(request)
             except CloudError as exc:
                 reason = redact(str(exc), [token])
-                log.warning("VM %s on %s failed to start: %s", vm_id, action.cloud, reason)
+                if isinstance(exc, CloudConfigError):
+                    reason = as_config_error(reason)
                 self.vms.move(vm_id, VMState.FAILED, now, reason, failure_reason=reason)
                 metrics.VM_BOOT_FAILURES.labels(action.cloud, "cloud_error").inc()
                 self.tokens.revoke_for_vm(vm_id, now)
+                if isinstance(exc, CloudConfigError):  # not an outage: the cloud stops until it is fixed
+                    self.health.config_error(action.cloud, reason, now, vm_id=vm_id)
+                    break
+                log.warning("VM %s on %s failed to start: %s", vm_id, action.cloud, reason)
                 continue
             self.vms.move(
                 vm_id,

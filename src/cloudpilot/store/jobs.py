@@ -7,12 +7,13 @@ guards the UPDATE with the state it read, and appends the history row in the sam
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    ColumnElement,
     Connection,
     Float,
     Update,
@@ -202,9 +203,13 @@ class JobRepository:
         state: JobState | None = None,
         limit: int = 1000,
         after_id: int = 0,
+        name: str | None = None,
     ) -> list[Job]:
-        """Jobs visible to a caller (``None`` scopes mean all), oldest first, by keyset pagination."""
+        """Jobs visible to a caller (``None`` scopes mean all), oldest first, by keyset pagination; ``name`` is a
+        glob (``*`` any run of characters, ``?`` one; case-insensitive) or, without either, the exact name."""
         stmt = select(jobs).where(jobs.c.id > after_id).order_by(jobs.c.id).limit(limit)
+        if name is not None:
+            stmt = stmt.where(_name_matches(name))
         if vo is not None:
             stmt = stmt.where(jobs.c.vo == vo)
         if owner is not None:
@@ -422,9 +427,12 @@ class JobRepository:
 
     # --- the provisioner's view -------------------------------------------------------------------------
 
-    def waiting_per_task_queue(self, cap: int | None = None) -> list[tuple[TaskQueue, int]]:
-        """Every task queue with waiting jobs, and how many — counted up to ``cap`` only, if given: a caller
-        that can place at most ``cap`` jobs of a class need not count a million (one index walk per class)."""
+    def waiting_per_task_queue(
+        self, cap: int | Callable[[TaskQueue], int] | None = None
+    ) -> list[tuple[TaskQueue, int]]:
+        """Every task queue with waiting jobs, and how many — counted up to ``cap`` only (a number, or one per
+        task queue), if given: a caller that can place at most ``cap`` jobs of a class need not count a million
+        (one index walk per class)."""
         if cap is None:
             counts = (
                 select(jobs.c.tq_id, func.count().label("n"))
@@ -445,9 +453,27 @@ class JobRepository:
         found = []
         with self.db.read() as conn:
             for tq in self.waiting_task_queues():
-                n = int(conn.execute(count, {"tq": tq.id, "cap": cap}).scalar_one())
+                limit = cap(tq) if callable(cap) else cap
+                n = int(conn.execute(count, {"tq": tq.id, "cap": limit}).scalar_one())
                 if n:
                     found.append((tq, n))
+        return found
+
+    def waiting_since(self, tq_ids: Iterable[int]) -> dict[int, float]:
+        """When the first waiting job (in claim order) of each task queue was submitted: how long its class
+        has had work waiting (one index walk per task queue)."""
+        first = (
+            select(jobs.c.submitted_at)
+            .where(jobs.c.tq_id == bindparam("tq"), jobs.c.state == JobState.WAITING.value)
+            .order_by(jobs.c.id)
+            .limit(1)
+        )
+        found = {}
+        with self.db.read() as conn:
+            for tq_id in tq_ids:
+                at = conn.execute(first, {"tq": tq_id}).scalar()
+                if at is not None:
+                    found[tq_id] = float(at)
         return found
 
     def active_cores_by_vm(self) -> dict[str, int]:
@@ -575,6 +601,15 @@ def _upsert(conn: Connection):  # type: ignore[no-untyped-def]
     from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
     return sqlite_insert
+
+
+def _name_matches(glob: str) -> ColumnElement[bool]:
+    """``jobs.name`` against a shell-style glob, as a case-insensitive LIKE (SQLite's LIKE ignores ASCII case,
+    PostgreSQL's does not: ILIKE makes both agree) with SQL's own wildcards escaped."""
+    if "*" not in glob and "?" not in glob:
+        return jobs.c.name == glob
+    escaped = glob.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return jobs.c.name.ilike(escaped.replace("*", "%").replace("?", "_"), escape="\\")
 
 
 def _default_reason(target: JobState, exit_code: int | None) -> str:

@@ -72,12 +72,17 @@ def _clusters(conn: Connection) -> None:
     schema.ix_vms_cluster.create(conn, checkfirst=True)
 
 
+def _waiting_reasons(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.waiting_reasons])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
     (2, "VMs and their history; tokens and pilots bound to a VM", _vms),
     (3, "site control (shutdowns, VO switches, capacity), event chunks, accounting records", _site_control),
     (4, "image lists: subscriptions, held images, revocations; the image a task queue requires", _image_lists),
     (5, "clusters of services; the cluster and service of a VM", _clusters),
+    (6, "why each task queue's jobs wait, as the provisioner explained it", _waiting_reasons),
 ]
 
 LATEST = max(version for version, _, _ in MIGRATIONS)  # steps may be added out of order

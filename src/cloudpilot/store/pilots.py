@@ -44,9 +44,24 @@ class PilotRepository:
             raise NotFound(f"pilot {pilot_id} is not registered")
         return PilotRecord(**row)
 
+    def hand_started_since(self, since: float) -> list[PilotRecord]:
+        """Pilots not in one of our VMs (started by hand or by a site) seen since ``since``, newest first."""
+        stmt = (
+            select(pilots)
+            .where(pilots.c.vm_id.is_(None), pilots.c.last_seen_at >= since)
+            .order_by(pilots.c.last_seen_at.desc())
+            .limit(1000)
+        )
+        with self.db.read() as conn:
+            return [PilotRecord(**row) for row in conn.execute(stmt).mappings()]
+
     def ids_in_vm(self, vm_id: str) -> list[str]:
         with self.db.read() as conn:
             return list(conn.execute(select(pilots.c.id).where(pilots.c.vm_id == vm_id)).scalars())
+
+    def seen(self, pilot_id: str, now: float) -> None:
+        with self.db.write() as conn:
+            conn.execute(update(pilots).where(pilots.c.id == pilot_id).values(last_seen_at=now))
 
     def halt(self, pilot_id: str, code: int, message: str, now: float) -> None:
         with self.db.write() as conn:

@@ -380,3 +380,13 @@ image_revocations = Table(
     Column("revoked_by", String(200), nullable=False),
     Column("reason", Text, nullable=False, default=""),
 )
+
+# Why each task queue's jobs wait, as the latest provisioning cycle explained it (policy/explain.py).
+waiting_reasons = Table(
+    "waiting_reasons",
+    metadata,
+    Column("tq_id", Id, primary_key=True),
+    Column("summary", Text, nullable=False),
+    Column("details", Text, nullable=False),  # JSON: {"clouds": {name: reason}, "pilots": reason | null}
+    Column("explained_at", Float, nullable=False),
+)

@@ -11,14 +11,33 @@ from fastapi import APIRouter, Response
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
 from cloudpilot.api.responses import json_response
 from cloudpilot.domain.auth import Role
+from cloudpilot.domain.images import iso
 from cloudpilot.domain.vms import VM, VMState
 from cloudpilot.services.auth import require
+from cloudpilot.services.cloud_health import CloudStatus, cloud_status
 
 router = APIRouter(prefix="/api/v1", tags=["vms"])
 
 
 def vm_json(vm: VM) -> dict[str, Any]:
     return {**asdict(vm), "state": vm.state.value}
+
+
+def health_json(status: CloudStatus) -> dict[str, Any]:
+    """A cloud's health for ``/clouds``; times in ISO 8601 (UTC)."""
+
+    def when(at: float | None) -> str | None:
+        return None if at is None else iso(at)
+
+    return {
+        "backoff_until": when(status.backoff_until),
+        "failures_in_row": status.failures_in_row,
+        "last_error": status.last_error,
+        "last_error_at": when(status.last_error_at),
+        "last_boot_at": when(status.last_boot_at),
+        "median_boot_seconds": status.median_boot_seconds,
+        "misconfigured": status.misconfigured,
+    }
 
 
 @router.get("/vms", summary="VMs, newest last (admin; a site admin sees its site's)")
@@ -62,8 +81,10 @@ def list_clouds(principal: PrincipalDep, services: ServicesDep) -> Response:
     clouds = []
     overrides, now = services.sites.sites.capacity_overrides(), services.clock.now()
     catalog = services.images.catalog()
+    health = services.provisioner.health
     for name, settings in services.config.clouds.items():
         images = services.images.cloud_images(name, catalog, now)
+        status = cloud_status(name, services.vms, health, services.config.policy, now)
         clouds.append(
             {
                 "name": name,
@@ -81,6 +102,7 @@ def list_clouds(principal: PrincipalDep, services: ServicesDep) -> Response:
                     "bootable": {i: images.mapping[i] for i in sorted(images.bootable)},
                     "refused": dict(sorted(images.refused.items())),
                 },
+                **health_json(status),
             }
         )
     return json_response({"clouds": clouds})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
 
 import typer
@@ -27,7 +28,8 @@ VM_STATE_ORDER = [s.value for s in VMState]
 
 
 def clouds(as_json: bool = JsonOption, url: str | None = UrlOption, token: str | None = TokenOption) -> None:
-    """List the configured clouds with their flavors, quotas, prices and VMs per state."""
+    """List the configured clouds with their flavors, quotas, prices, VMs per state and health: back-off, failed
+    cycles in a row, the last error and when, the last good boot and the median boot time."""
     with connect(url, token) as client:
         found = client.clouds()
     if emitted_json(found, as_json):
@@ -39,7 +41,7 @@ def clouds_table(found: list[dict[str, Any]], title: str | None = None) -> Table
     """The table ``cloudpilot clouds`` prints (the demo shows it too)."""
     # With image lists in force (docs/images.md), a column says which images each cloud may boot and why not.
     with_images = any((c.get("images") or {}).get("endorsed_only") for c in found)
-    columns = ["name", "driver", "flavors", "max VMs", "price", "VMs", *(["images"] if with_images else [])]
+    columns = ["name", "driver", "flavors", "max VMs", "price", "VMs", "health", *(["images"] if with_images else [])]
     table = Table(*columns, title=title or f"{len(found)} clouds")
     for cloud in found:
         flavors = ", ".join(
@@ -53,9 +55,37 @@ def clouds_table(found: list[dict[str, Any]], title: str | None = None) -> Table
             str(cloud["max_vms"]),
             f"{price:g} per core-hour" if price else "free",
             vm_counts(cloud["vms"]) or "none",
+            health_summary(cloud),
             *([image_summary(cloud.get("images") or {})] if with_images else []),
         )
     return table
+
+
+def health_summary(cloud: dict[str, Any], now: float | None = None) -> str:
+    """Misconfiguration or back-off first, then the last error and the boots, as rich markup."""
+    now = time.time() if now is None else now
+    lines = []
+    if cloud.get("misconfigured"):
+        lines.append("[red]misconfigured[/red]: fix the configuration and restart the server")
+    elif cloud.get("backoff_until"):
+        failed = cloud.get("failures_in_row", 0)
+        until = short_when(_epoch(cloud["backoff_until"]), now)
+        lines.append(f"[yellow]backing off until {until}[/yellow] ({failed} failed cycle(s) in a row)")
+    elif cloud.get("failures_in_row"):
+        lines.append(f"[yellow]{cloud['failures_in_row']} failed cycle(s) in a row[/yellow]")
+    if cloud.get("last_error"):
+        at = short_when(_epoch(cloud.get("last_error_at")), now)
+        lines.append(f"last error {at}: [red]{escape(cloud['last_error'])}[/red]")
+    if cloud.get("last_boot_at"):
+        median = cloud.get("median_boot_seconds")
+        boots = f"last boot {short_when(_epoch(cloud['last_boot_at']), now)}"
+        lines.append(boots + (f", median {median:.0f} s" if median is not None else ""))
+    return "\n".join(lines) or "no VM booted yet"
+
+
+def _epoch(moment: str | None) -> float | None:
+    """An ISO 8601 time of the API as a UNIX time (the tables show local times)."""
+    return None if moment is None else datetime.fromisoformat(moment.replace("Z", "+00:00")).timestamp()
 
 
 def image_summary(images: dict[str, Any]) -> str:

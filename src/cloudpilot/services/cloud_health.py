@@ -8,21 +8,26 @@
   marked misconfigured and starts no VM until the server restarts (with the configuration fixed, since it is
   read at start). It is logged once, at ERROR, and is the cloud's last error.
 
-One instance per server process, shared by the provisioner and the VM monitor; the API reads it.
+One instance per server process, shared by the provisioner and the VM monitor; :func:`cloud_status` joins it
+with what the store knows (failed cycles, boots) for ``/clouds``.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from dataclasses import dataclass, field
 
 from cloudpilot.clouds.errors import CloudConfigError, CloudError
-from cloudpilot.store.vms import CONFIG_ERROR_PREFIX
+from cloudpilot.domain.provisioning import ProvisioningKnobs
+from cloudpilot.store.vms import CONFIG_ERROR_PREFIX, VMRepository
 
 log = logging.getLogger("cloudpilot.clouds")
 
 REPEAT_WINDOW_SECONDS = 60.0
+# Object addresses in an SDK's error text ("<HTTPConnection object at 0x7f…>") differ between two identical errors.
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")
 MISCONFIGURED_HINT = "it starts no VM until the configuration is fixed and the server restarted"
 
 
@@ -75,23 +80,61 @@ class CloudHealth:
             over = [(key, r) for key, r in self._repeats.items() if now - r.since >= self.repeat_window]
             for key, _ in over:
                 del self._repeats[key]
-        for (_, text), repeats in over:
+        for (_, text), repeats in over:  # the key's text: what was logged, addresses aside
             if repeats.count:
                 log.warning("%s (repeated %d times in the last %.0f s)", text, repeats.count, now - repeats.since)
 
     def _warn(self, cloud: str, text: str, now: float) -> None:
+        key = (cloud, _ADDRESS.sub("0x…", text))
         with self._lock:
-            repeats = self._repeats.get((cloud, text))
+            repeats = self._repeats.get(key)
             if repeats is not None and now - repeats.since < self.repeat_window:
                 repeats.count += 1
                 return
-            self._repeats[(cloud, text)] = _Repeats(since=now)
+            self._repeats[key] = _Repeats(since=now)
         if repeats is None:
             log.warning("%s", text)
         else:  # the window is over: this occurrence and those counted in it, in one line
-            log.warning("%s (repeated %d times in the last %.0f s)", text, repeats.count + 1, now - repeats.since)
+            log.warning("%s (repeated %d times in the last %.0f s)", key[1], repeats.count + 1, now - repeats.since)
 
 
 def as_config_error(message: str) -> str:
     """The message marked as a configuration error (as VM failure reasons are: the back-off skips those)."""
     return message if message.startswith(CONFIG_ERROR_PREFIX) else CONFIG_ERROR_PREFIX + message
+
+
+@dataclass(frozen=True, slots=True)
+class CloudStatus:
+    """What ``/clouds`` tells of one cloud's health (docs/rest-api.md)."""
+
+    failures_in_row: int  # failed provisioning cycles since a VM last booted
+    backoff_until: float | None  # while the back-off holds; None: it may start VMs (as far as failures go)
+    last_error: str | None  # the latest error, of a VM's boot or of a call to the cloud (redacted)
+    last_error_at: float | None
+    last_boot_at: float | None
+    median_boot_seconds: float | None
+    misconfigured: str | None  # the configuration error that stopped it until a restart
+
+
+def cloud_status(
+    cloud: str, vms: VMRepository, health: CloudHealth, knobs: ProvisioningKnobs, now: float
+) -> CloudStatus:
+    failures, last_failure_at = vms.boot_failures_in_row(cloud)
+    until = knobs.backoff_end(failures, last_failure_at)
+    # The latest of a VM's failed boot (stored) and a failed call to the cloud (this process's memory).
+    errors: list[tuple[float, str]] = []
+    if (seen := health.last_error(cloud)) is not None:
+        errors.append((seen[1], seen[0]))
+    if (failure := vms.last_failure(cloud)) is not None:
+        errors.append((failure.at, failure.reason))
+    last_at, last_error = max(errors) if errors else (None, None)
+    boots = vms.boot_stats(cloud)
+    return CloudStatus(
+        failures_in_row=failures,
+        backoff_until=until if until is not None and until > now else None,
+        last_error=last_error,
+        last_error_at=last_at,
+        last_boot_at=boots.last_boot_at,
+        median_boot_seconds=boots.median_boot_seconds,
+        misconfigured=health.misconfigured(cloud),
+    )

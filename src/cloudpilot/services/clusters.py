@@ -444,10 +444,7 @@ class ClusterService:
                 break  # a VM that booted (or was stopped on purpose) ends the run of failures
             failures += 1
             last = max(last, vm.terminated_at or vm.updated_at)
-        if not failures:
-            return None
-        knobs = self.config.policy
-        return last + min(knobs.backoff_initial_seconds * 2 ** (failures - 1), knobs.backoff_max_seconds)
+        return self.config.policy.backoff_end(failures, last if failures else None)
 
     def _cloud_of(self, definition: ClusterDefinition, name: str, vo: str) -> CloudSettings:
         cloud = definition.cloud_of(name) or ""

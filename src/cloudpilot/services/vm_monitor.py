@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cloudpilot.clouds.base import CloudDriver, Instance, InstanceState
 from cloudpilot.clouds.errors import CloudError
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.vms import TO_DESTROY_STATES, VM, VMState
 from cloudpilot.services import metrics
+from cloudpilot.services.cloud_health import CloudHealth
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.pilots import PilotRepository
 from cloudpilot.store.tokens import TokenRepository
@@ -47,6 +48,7 @@ class VMMonitor:
     drivers: dict[str, CloudDriver]
     on_requeue: Callable[[], None] = lambda: None
     record_usage: Callable[[VM, float], None] = lambda vm, now: None
+    health: CloudHealth = field(default_factory=CloudHealth)  # shared with the provisioner (cloud errors)
 
     @property
     def interval(self) -> float:
@@ -62,7 +64,14 @@ class VMMonitor:
             changes += self._reconcile(cloud, driver, now)
         for vm in self.vms.list(states=set(TO_DESTROY_STATES)):
             changes += self._destroy(vm, now)
+        self.health.flush(now)
         return changes
+
+    def _fail(self, vm: VM, now: float, reason: str) -> str:
+        """A VM that will never run: logged once, here, with its cloud and why."""
+        self.vms.move(vm.id, VMState.FAILED, now, reason, failure_reason=reason)
+        log.warning("VM %s on %s failed: %s", vm.id, vm.cloud, reason)
+        return f"{vm.id} failed: {reason}"
 
     def _timeouts(self, vm: VM, now: float, busy_cores: int) -> list[str]:
         settings = self.config.clouds.get(vm.cloud)
@@ -70,9 +79,9 @@ class VMMonitor:
         who = "pilot" if vm.cluster_id is None else "cluster agent"  # a cluster VM runs an agent, no pilot
         if vm.state is VMState.BOOTING and now - vm.created_at > boot_timeout:
             reason = f"boot timeout: no {who} after {boot_timeout:.0f} s"
-            self.vms.move(vm.id, VMState.FAILED, now, reason, failure_reason=reason)
+            changed = self._fail(vm, now, reason)
             metrics.vm_failed(vm.cloud, "boot_timeout", vm.booted_at)
-            return [f"{vm.id} failed: {reason}"]
+            return [changed]
         if vm.state is VMState.BOOTING:
             return []
         if vm.shutdown_deadline is not None and now >= vm.shutdown_deadline:
@@ -99,6 +108,7 @@ class VMMonitor:
 
     def _lose(self, vm: VM, now: float, why: str) -> str:
         self.vms.move(vm.id, VMState.LOST, now, why, failure_reason=why if vm.booted_at is None else None)
+        log.warning("VM %s on %s lost: %s", vm.id, vm.cloud, why)
         settings = self.config.clouds.get(vm.cloud)
         preempted = settings is not None and settings.preemptible
         what = f"VM {vm.id} of preemptible cloud {vm.cloud} lost" if preempted else f"VM {vm.id} lost"
@@ -122,7 +132,7 @@ class VMMonitor:
         try:
             instances = driver.list()
         except CloudError as exc:
-            log.warning("cannot list %s this cycle: %s", cloud, exc)
+            self.health.report(cloud, exc, now, f"cannot list {cloud} this cycle")
             return []
         known = {vm.id: vm for vm in self.vms.list(cloud=cloud)}
         changes: list[str] = []
@@ -130,7 +140,7 @@ class VMMonitor:
         for inst in instances:
             vm = known.get(inst.vm_id or "")
             if vm is None or vm.state is VMState.DESTROYED:
-                changes += self._destroy_stray(cloud, driver, inst)
+                changes += self._destroy_stray(cloud, driver, inst, now)
                 continue
             seen.add(vm.id)
             changes += self._follow_instance(vm, inst, now)
@@ -150,16 +160,16 @@ class VMMonitor:
             return [f"{vm.id} halted: instance stopped"]
         if inst.state is InstanceState.ERROR:
             reason = f"instance {inst.instance_id} is in error on cloud {vm.cloud}"
-            self.vms.move(vm.id, VMState.FAILED, now, reason, failure_reason=reason)
+            changed = self._fail(vm, now, reason)
             metrics.vm_failed(vm.cloud, "instance_error", vm.booted_at)
-            return [f"{vm.id} failed: {reason}"]
+            return [changed]
         return []
 
-    def _destroy_stray(self, cloud: str, driver: CloudDriver, inst: Instance) -> list[str]:
+    def _destroy_stray(self, cloud: str, driver: CloudDriver, inst: Instance, now: float) -> list[str]:
         try:
             driver.destroy(inst.instance_id)
         except CloudError as exc:
-            log.warning("cannot destroy stray instance %s on %s: %s", inst.instance_id, cloud, exc)
+            self.health.report(cloud, exc, now, f"cannot destroy stray instance {inst.instance_id} on {cloud}")
             return []
         return [f"stray instance {inst.instance_id} on {cloud} destroyed"]
 
@@ -169,7 +179,7 @@ class VMMonitor:
             try:
                 driver.destroy(vm.instance_id)
             except CloudError as exc:
-                log.warning("cannot destroy %s (%s) yet: %s", vm.id, vm.instance_id, exc)
+                self.health.report(vm.cloud, exc, now, f"cannot destroy {vm.id} ({vm.instance_id}) yet")
                 return []
         self.tokens.revoke_for_vm(vm.id, now)
         # Jobs still held by its pilots (a VM halted at the end of its lifetime) go back to the queue now.

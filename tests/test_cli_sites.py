@@ -77,7 +77,7 @@ def test_site_drain_status_and_cancel(make_server: ServerFactory) -> None:
 def test_token_create_makes_a_site_admin_token(tmp_path) -> None:  # type: ignore[no-untyped-def]
     made = subprocess.run(
         [sys.executable, "-m", "cloudpilot.cli.main", "token", "create", "--data-dir", str(tmp_path),
-         "--role", "site", "--site", "siteA"],
+         "--role", "site", "--site", "siteA", "--init"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert made.stdout.startswith("cp_")

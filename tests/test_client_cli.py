@@ -423,7 +423,7 @@ def test_admins_create_tokens_through_the_api(live: LiveServer) -> None:
         assert admin.health()["status"] == "ok"
     with live.client(token) as carol:
         assert carol.summary()["waiting"] == 0
-    with live.client(live.alice) as alice, pytest.raises(Forbidden, match="needs a admin token"):
+    with live.client(live.alice) as alice, pytest.raises(Forbidden, match="needs an admin token"):
         alice.create_token("user", "mallory", vo="physics")
 
 

@@ -60,9 +60,12 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(ValidationError, on_validation)
 
-    async def on_http(_request: Request, exc: Exception) -> Response:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        if exc.status_code == 404:  # only routing raises these: the path is no endpoint (a wrong URL or prefix)
+            message = f"no endpoint {request.method} {request.url.path} on this server: is the server URL right?"
+            return json_response(error_body("no_endpoint", message), 404)
+        code = {405: "method_not_allowed"}.get(exc.status_code, "bad_request")
         return json_response(error_body(code, str(exc.detail)), exc.status_code)
 
     app.add_exception_handler(StarletteHTTPException, on_http)

@@ -1,8 +1,10 @@
-"""``/api/v1/tokens``: admins issue and revoke scoped tokens."""
+"""``/api/v1/tokens``: admins issue, list and revoke scoped tokens (a secret is shown once, at issue)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from dataclasses import asdict
+
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
@@ -37,6 +39,18 @@ def create_token(body: TokenBody, principal: PrincipalDep, services: ServicesDep
         expires_at=body.expires_at,
     )
     return json_response({"id": issued.id, "token": issued.token}, 201)
+
+
+@router.get("/tokens", summary="List tokens without their secrets (admin)")
+def list_tokens(
+    principal: PrincipalDep,
+    services: ServicesDep,
+    role: Role | None = None,
+    include_inactive: bool = Query(False, alias="all", description="Also revoked and expired tokens."),
+) -> Response:
+    require(principal, Role.ADMIN)
+    found = services.tokens.list(services.clock.now(), role, include_inactive)
+    return json_response({"tokens": [asdict(t) for t in found]})
 
 
 @router.delete("/tokens/{token_id}", summary="Revoke a token (admin)")

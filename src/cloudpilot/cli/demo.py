@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 import yaml
@@ -38,9 +38,11 @@ from cloudpilot.cli.common import fail, styled_state
 from cloudpilot.cli.vms import clouds_table, vm_counts, vms_table
 from cloudpilot.client import ClientError, CloudpilotClient, load_job_file
 from cloudpilot.client.jobfile import is_parametric
-from cloudpilot.config import ConfigError, ServerConfig, load_config
 from cloudpilot.domain.jobs import JobState
 from cloudpilot.domain.vms import VMState
+
+if TYPE_CHECKING:  # the configuration models are loaded by the demo itself, not by every other command
+    from cloudpilot.config import ServerConfig
 
 SERVER_START_SECONDS = 30.0  # a cold start imports FastAPI and migrates a fresh SQLite database
 SAMPLE_SECONDS = 0.5  # how often jobs and VMs are sampled (for the live view and the plot)
@@ -163,6 +165,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def write_config(path: Path) -> ServerConfig:
     """Write the demo's server configuration to ``path`` and read it back the way the server will."""
+    from cloudpilot.config import ConfigError, load_config
+
     path.write_text(yaml.safe_dump(DEMO_CONFIG, sort_keys=False))
     try:
         return load_config(path)

@@ -16,9 +16,9 @@ from rich.table import Table
 from cloudpilot.cli.common import JsonOption, TokenOption, UrlOption, connect, emitted_json, fail, when
 from cloudpilot.domain.images import ImageListInvalid, iso, parse_document, parse_image_list
 from cloudpilot.images.errors import FetchFailed, ImageListRefused, KeyFileError
-from cloudpilot.images.fetch import fetch_bytes, fetch_image
-from cloudpilot.images.signing import load_private_key, load_public_key, public_key_pem, sign_document, write_keypair
-from cloudpilot.images.trust import trusted_keys, verify_image_file, verify_list
+
+# cloudpilot.images.signing/trust/fetch load cryptography (~0.1 s): imported by the commands that sign or verify,
+# so that every other command starts fast.
 
 app = typer.Typer(help="Image lists: sign and verify them (endorsers), subscribe and revoke (sites).")
 
@@ -34,6 +34,8 @@ def keygen(
     force: bool = typer.Option(False, "--force", help="Overwrite existing files."),
 ) -> None:
     """Make an Ed25519 key pair for signing image lists; print the public key's fingerprint."""
+    from cloudpilot.images.signing import write_keypair
+
     try:
         key_path, pub_path, fp = write_keypair(out, force)
     except KeyFileError as exc:
@@ -48,6 +50,8 @@ def sign(
     output: Path | None = typer.Option(None, "--output", "-o", metavar="FILE", help="Default: LIST.json.sig."),
 ) -> None:
     """Write the detached signature of an image list (its canonical JSON, see docs/images.md)."""
+    from cloudpilot.images.signing import load_private_key, sign_document
+
     try:
         doc = parse_document(image_list.read_bytes())
         parsed = parse_image_list(doc)
@@ -77,6 +81,10 @@ def verify(
 ) -> None:
     """Verify an image list as a server would: signature, trusted endorser, expiry, version, and with --fetch
     every image's size and sha512. Exit 1 with the reason when refused."""
+    from cloudpilot.images.fetch import fetch_image
+    from cloudpilot.images.signing import load_public_key
+    from cloudpilot.images.trust import trusted_keys, verify_image_file, verify_list
+
     try:
         keys = trusted_keys(load_public_key(k) for k in endorser)
     except KeyFileError as exc:
@@ -108,6 +116,8 @@ def verify(
 
 
 def _read(source: str, missing_ok: bool = False) -> bytes | None:
+    from cloudpilot.images.fetch import fetch_bytes
+
     if source.startswith(("http://", "https://")):
         try:
             return fetch_bytes(source, missing_ok=missing_ok)
@@ -138,6 +148,8 @@ def subscribe(
     token: str | None = TokenOption,
 ) -> None:
     """Subscribe the server to an endorser's image list (admin or site token); refused lists say why."""
+    from cloudpilot.images.signing import load_public_key, public_key_pem
+
     try:
         key = public_key_pem(load_public_key(endorser))
     except KeyFileError as exc:

@@ -8,16 +8,15 @@ seed, one row each.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-import yaml
-from pydantic import ValidationError
 from rich.console import Console
 
 from cloudpilot.cli.common import fail
-from cloudpilot.sim import load_scenario, plots, policies, report
-from cloudpilot.sim import simulate as run_scenario
-from cloudpilot.sim.metrics import SimResult
+
+if TYPE_CHECKING:
+    from cloudpilot.sim.metrics import SimResult
 
 
 def simulate(
@@ -30,6 +29,13 @@ def simulate(
     compare: bool = typer.Option(False, "--compare", help="Run cloudpilot's and every peer's policy, one row each."),
 ) -> None:
     """Simulate clouds, pilots and a workload under a provisioning policy; print the metrics, plot the run."""
+    # The simulator pulls in numpy and matplotlib (~1 s): only this command pays for them.
+    import yaml
+    from pydantic import ValidationError
+
+    from cloudpilot.sim import load_scenario, plots, policies, report
+    from cloudpilot.sim import simulate as run_scenario
+
     if compare and policy:
         fail("--compare runs every policy; leave out --policy", 2)
     try:

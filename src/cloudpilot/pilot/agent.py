@@ -11,7 +11,7 @@ a condition until a job frees some. It leaves when
   job running, a match brought nothing — 100 (running jobs are waited for);
 * a match answers ``{"halt": {"code", "reason"}}`` — that code (running jobs are waited for);
 * the server stayed unreachable for ``give_up_seconds`` — 700;
-* the server refuses the pilot itself: 401/403 — 400 (banned), anything else — 600.
+* the server refuses the pilot itself: 403 — 400 (banned); 401 (its token is wrong) and anything else — 600.
 """
 
 from __future__ import annotations
@@ -406,8 +406,12 @@ class Agent:
     @staticmethod
     def _refused(what: str, exc: Exception) -> tuple[ShutdownCode, str]:
         status = getattr(exc, "status", None)
+        if status == 401:  # not a ban: nothing will change until someone gives this pilot a valid token
+            detail = f"wrong pilot token: the server does not accept it (unknown, wrong, expired or revoked); {exc}"
+            log.error("%s", detail)
+            return ShutdownCode.GRID_PROBLEM, detail
         log.error("%s refused: %s", what, exc)
-        if status in (401, 403):
+        if status == 403:
             return ShutdownCode.BANNED, f"{what} refused: {exc}"
         return ShutdownCode.GRID_PROBLEM, f"{what} failed: {exc}"
 

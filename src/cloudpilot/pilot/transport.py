@@ -76,6 +76,9 @@ class HttpTransport:
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"the server URL must be http(s)://host[:port][/prefix], not {server!r}")
         self.base = server.rstrip("/") + API
+        # Messages name the URL tried, without any user:password@ a proxy setup may have put in it.
+        shown = parsed._replace(netloc=parsed.netloc.rpartition("@")[2])
+        self._shown_base = urllib.parse.urlunsplit(shown).rstrip("/") + API
         self._auth = f"Bearer {token.strip()}"
         self.timeout = timeout
         handlers: list[urllib.request.BaseHandler] = []
@@ -147,7 +150,7 @@ class HttpTransport:
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
         request = urllib.request.Request(self.base + path, data=data, headers=all_headers, method=method)
-        what = f"{method} {path.split('?')[0]}"
+        what = f"{method} {self._shown_base}{path.split('?')[0]}"  # the whole URL: a wrong --server shows itself
         try:
             with self._opener.open(request, timeout=timeout or self.timeout) as answer:
                 if sink is not None:

@@ -7,7 +7,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from cloudpilot.domain.auth import Principal, Role
 from cloudpilot.store.database import Database
@@ -27,6 +27,21 @@ def parse_token(token: str) -> tuple[str, str] | None:
     if len(parts) != 3 or parts[0] != PREFIX or not parts[1] or not parts[2]:
         return None
     return parts[1], parts[2]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenInfo:
+    """What an admin may see of a token: everything but its secret (only a hash of which is stored)."""
+
+    id: str
+    role: str
+    name: str
+    vo: str | None
+    site: str | None
+    vm_id: str | None
+    created_at: float
+    expires_at: float | None
+    revoked_at: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +104,19 @@ class TokenRepository:
             site=row["site"],
             vm_id=row["vm_id"],
         )
+
+    def list(self, now: float, role: Role | None = None, include_inactive: bool = False) -> list[TokenInfo]:
+        """Tokens oldest first; without ``include_inactive`` only those neither revoked nor expired at ``now``."""
+        columns = [c for c in tokens.c if c.name != "secret_hash"]
+        stmt = select(*columns).order_by(tokens.c.created_at, tokens.c.id)
+        if role is not None:
+            stmt = stmt.where(tokens.c.role == role.value)
+        if not include_inactive:
+            stmt = stmt.where(
+                tokens.c.revoked_at.is_(None), or_(tokens.c.expires_at.is_(None), tokens.c.expires_at > now)
+            )
+        with self.db.read() as conn:
+            return [TokenInfo(**row) for row in conn.execute(stmt).mappings()]
 
     def revoke(self, token_id: str, now: float) -> None:
         with self.db.write() as conn:

@@ -122,6 +122,7 @@ def test_vms_timing_out_in_one_cycle_back_off_once_and_the_clouds_tell(
 
 @pytest.fixture
 def openstack() -> Iterator[FakeOpenStack]:
+    """Requested before make_server, so the servers stop (listing their clouds) before the fake does."""
     fake = FakeOpenStack(password="demo-password", regions=("RegionOne",)).start()
     try:
         yield fake
@@ -129,26 +130,25 @@ def openstack() -> Iterator[FakeOpenStack]:
         fake.stop()
 
 
-def test_a_region_the_catalog_lacks_is_a_configuration_error_not_an_outage(
-    make_server: ServerFactory, openstack: FakeOpenStack, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="cloudpilot")
-    cloud = {
+def openstack_cloud(fake: FakeOpenStack, image: str = "img-alma9", **driver_kwargs: str) -> dict[str, Any]:
+    kwargs = {"ex_force_auth_url": fake.url, "ex_force_auth_version": "3.x_password", "ex_tenant_name": "physics"}
+    return {
         "driver": "libcloud",
         "provider": "openstack",
         "driver_args": {"key": "demo", "secret": "demo-password"},
-        "driver_kwargs": {
-            "ex_force_auth_url": openstack.url,
-            "ex_force_auth_version": "3.x_password",
-            "ex_tenant_name": "physics",
-            "ex_force_service_region": "RegionTwo",  # the catalog has RegionOne only
-            "timeout": 5,
-        },
-        "images": {"*": "img-alma9"},
+        "driver_kwargs": {**kwargs, "timeout": 5, **driver_kwargs},
+        "images": {"*": image},
         "flavors": {"small": {"cores": 1, "memory_mb": 2048, "size": "m1.small"}},
         "max_vms": 2,
         "start_rate_per_minute": 60,
     }
+
+
+def test_a_region_the_catalog_lacks_is_a_configuration_error_not_an_outage(
+    openstack: FakeOpenStack, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cloudpilot")
+    cloud = openstack_cloud(openstack, ex_force_service_region="RegionTwo")  # the catalog has RegionOne only
     server = make_server(server_config({"os": cloud}, interval=0.2))
     token = server.token(Role.USER, "alice", vo="lhcb")
     submit(server, 2)
@@ -171,6 +171,30 @@ def test_a_region_the_catalog_lacks_is_a_configuration_error_not_an_outage(
     logged = [r for r in caplog.records if "catalog" in r.getMessage()]
     assert len(logged) == 1, [r.getMessage() for r in logged]  # once, however many cycles saw it
     assert logged[0].levelno == logging.ERROR and "cloud os is misconfigured" in logged[0].getMessage()
+
+
+def test_an_image_the_cloud_refuses_stops_the_cloud_without_backing_it_off(
+    openstack: FakeOpenStack, make_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="cloudpilot")
+    server = make_server(server_config({"os": openstack_cloud(openstack, image="img-retired")}, interval=0.2))
+    token = server.token(Role.USER, "alice", vo="lhcb")
+    submit(server, 2)  # two VMs wanted in one cycle
+
+    wait_for(lambda: clouds(server, token)["os"]["misconfigured"], timeout=30, what="the cloud marked misconfigured")
+    time.sleep(1)  # five more cycles
+    os_cloud = clouds(server, token)["os"]
+
+    admin = server.client(server.token(Role.ADMIN, "root"))
+    (vm,) = admin.get("/api/v1/vms").json()["vms"]  # the second VM of the cycle was not attempted
+    assert vm["state"] in ("failed", "destroyed")
+    assert vm["failure_reason"].startswith("configuration error: ") and "Invalid imageRef" in vm["failure_reason"]
+    assert os_cloud["misconfigured"] == vm["failure_reason"] == os_cloud["last_error"]
+    assert os_cloud["failures_in_row"] == 0 and os_cloud["backoff_until"] is None
+    assert openstack.requests.count(("POST", "/compute/v2.1/servers")) == 1
+    logged = [r for r in caplog.records if "Invalid imageRef" in r.getMessage()]
+    assert len(logged) == 1 and logged[0].levelno == logging.ERROR, [r.getMessage() for r in logged]
+    assert vm["id"] in logged[0].getMessage() and "cloud os is misconfigured" in logged[0].getMessage()
 
 
 def test_a_dead_endpoint_is_logged_once_a_minute_with_a_count(db: Database, caplog: pytest.LogCaptureFixture) -> None:

@@ -11,9 +11,7 @@ from prometheus_client.registry import Collector
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.jobs import JobState
-from cloudpilot.domain.provisioning import CloudView
 from cloudpilot.domain.vms import VMState
-from cloudpilot.policy.provisioning import backoff_until
 from cloudpilot.services.clock import Clock
 from cloudpilot.store.stats import StatsRepository
 from cloudpilot.store.vms import VMRepository
@@ -72,8 +70,7 @@ class StoreGauges(Collector):
         )
         now = self.clock.now()
         for name in self.config.clouds:
-            failures, last = self.vms.boot_failures_in_row(name)
-            view = CloudView(name, (), None, 0, boot_failures_in_row=failures, last_boot_failure_at=last)
-            until = backoff_until(view, self.config.policy)
+            # As /clouds computes it (services.cloud_health.cloud_status), without its other queries.
+            until = self.config.policy.backoff_end(*self.vms.boot_failures_in_row(name))
             family.add_metric([name], max(0.0, until - now) if until is not None else 0.0)
         return family

@@ -256,7 +256,7 @@ def _start_for(
     # those VMs then run the class's jobs one after another. Work below one VM's worth is deferred, not starved.
     threshold = min_work_per_core(cloud, knobs) * flavor.cores
     work = remaining * wc.cores * wc.wall_seconds
-    target = wanted if threshold <= 0 else min(wanted, int(work // threshold))
+    target = wanted if work >= threshold * wanted else int(work // threshold)
     if target == 0:
         since = now if wc.waiting_since is None else wc.waiting_since
         if now - since < knobs.max_defer_seconds:

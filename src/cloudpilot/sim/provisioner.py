@@ -171,12 +171,13 @@ class SimProvisioner:
 
     def _work_view(self, cls: JobClass) -> WorkClass:
         waiting = min(cls.waiting, self.cap)
+        # The oldest waiting job's submission, as the server's snapshot reads it: a requeued one is older.
+        since = cls.requeued[0][0] if cls.requeued else cls.arrival_list[cls.taken]
         cached = self._work_views.get(cls.tq.id)
-        if cached is not None and cached[0] == waiting:
+        if cached is not None and cached[0] == waiting and cached[1].waiting_since == since:
             return cached[1]
-        tq = cls.tq
-        view = WorkClass.of(tq, waiting)
-        self._work_views[tq.id] = (waiting, view)
+        view = WorkClass.of(cls.tq, waiting, since)
+        self._work_views[cls.tq.id] = (waiting, view)
         return view
 
     def _cloud_view(self, cloud: SimCloud, now: float) -> CloudView:
@@ -206,6 +207,7 @@ class SimProvisioner:
             backoff_seconds=spec.backoff_seconds,
             recent_ends=cloud.recent_ends(now) if cloud.ends else (),
             shutdown_pending=False,
+            boot_seconds=spec.boot_seconds.mean_value(),  # the server reads the median it observed
         )
 
     # --- acting ---------------------------------------------------------------------------------------------

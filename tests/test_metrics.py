@@ -90,6 +90,7 @@ def test_jobs_matches_leases_pilots_and_requests_are_counted(make_server: Server
     requeued = "cloudpilot_jobs_requeued_total"
     assert at(later, requeued, cause="lease_expired") - at(before, requeued, cause="lease_expired") == 1
     assert at(later, "cloudpilot_jobs", vo="atlas", state="waiting") == 3
+    assert at(later, "cloudpilot_pilots_active", vo="atlas") == 1  # holds nothing now, but registered lately
 
 
 def _local(**kw: object) -> dict:

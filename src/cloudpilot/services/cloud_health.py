@@ -64,7 +64,8 @@ class CloudHealth:
             self._errors[cloud] = (message, now)
         if new:
             failed = f"VM {vm_id} on {cloud} failed to start: " if vm_id else ""
-            log.error("%s%s; cloud %s is misconfigured: %s", failed, message, cloud, MISCONFIGURED_HINT)
+            ids = {"cloud": cloud, "vm_id": vm_id}
+            log.error("%s%s; cloud %s is misconfigured: %s", failed, message, cloud, MISCONFIGURED_HINT, extra=ids)
 
     def misconfigured(self, cloud: str) -> str | None:
         with self._lock:
@@ -80,9 +81,10 @@ class CloudHealth:
             over = [(key, r) for key, r in self._repeats.items() if now - r.since >= self.repeat_window]
             for key, _ in over:
                 del self._repeats[key]
-        for (_, text), repeats in over:  # the key's text: what was logged, addresses aside
+        for (cloud, text), repeats in over:  # the key's text: what was logged, addresses aside
             if repeats.count:
-                log.warning("%s (repeated %d times in the last %.0f s)", text, repeats.count, now - repeats.since)
+                count, seconds = repeats.count, now - repeats.since
+                log.warning("%s (repeated %d times in the last %.0f s)", text, count, seconds, extra={"cloud": cloud})
 
     def _warn(self, cloud: str, text: str, now: float) -> None:
         key = (cloud, _ADDRESS.sub("0x…", text))
@@ -93,9 +95,10 @@ class CloudHealth:
                 return
             self._repeats[key] = _Repeats(since=now)
         if repeats is None:
-            log.warning("%s", text)
+            log.warning("%s", text, extra={"cloud": cloud})
         else:  # the window is over: this occurrence and those counted in it, in one line
-            log.warning("%s (repeated %d times in the last %.0f s)", key[1], repeats.count + 1, now - repeats.since)
+            count, seconds = repeats.count + 1, now - repeats.since
+            log.warning("%s (repeated %d times in the last %.0f s)", key[1], count, seconds, extra={"cloud": cloud})
 
 
 def as_config_error(message: str) -> str:

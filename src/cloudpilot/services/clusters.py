@@ -355,6 +355,7 @@ class ClusterService:
             Role.PILOT, f"cluster {cluster.id} agent of {vm_id}", now, vo=agent_vo(cluster.id), expires_at=expires,
             vm_id=vm_id,
         ).token  # fmt: skip
+        ids = {"vm_id": vm_id, "cloud": cloud, "vo": cluster.vo}  # for JSON log lines
         try:
             user_data = self._user_data(view, name, vm_id, token)
             instance = self.drivers[cloud].create(
@@ -369,14 +370,15 @@ class ClusterService:
             )
         except (CloudError, ContextError) as exc:
             reason = redact(str(exc), [token])
-            log.warning("cluster %d: VM %s of %s failed to start: %s", cluster.id, vm_id, name, reason)
+            log.warning("cluster %d: VM %s of %s failed to start: %s", cluster.id, vm_id, name, reason, extra=ids)
+            metrics.VM_BOOT_FAILURES.labels(cloud, "cloud_error").inc()
             self.vms.move(vm_id, VMState.FAILED, now, reason, failure_reason=reason)
             self.tokens.revoke_for_vm(vm_id, now)
             return f"{vm_id} ({name}) failed: {reason}"
         self.vms.move(
             vm_id, VMState.BOOTING, now, f"instance {instance.instance_id} created", instance_id=instance.instance_id
         )
-        log.info("cluster %d: VM %s (%s, %s) booting on %s", cluster.id, vm_id, name, flavor_name, cloud)
+        log.info("cluster %d: VM %s (%s, %s) booting on %s", cluster.id, vm_id, name, flavor_name, cloud, extra=ids)
         return f"{vm_id} ({name}) booting on {cloud}"
 
     def _user_data(self, view: ClusterView, name: str, vm_id: str, token: str) -> str:

@@ -13,10 +13,13 @@ from cloudpilot.config import ServerConfig
 from cloudpilot.domain.jobs import JobState
 from cloudpilot.domain.vms import VMState
 from cloudpilot.services.clock import Clock
+from cloudpilot.services.pilots import SEEN_EVERY_SECONDS
 from cloudpilot.store.stats import StatsRepository
 from cloudpilot.store.vms import VMRepository
 
 ANY_VO = "any"  # the label of pilots bound to no VO
+# A hand-started pilot asking for work has its last_seen_at written once a minute (services.pilots).
+HAND_STARTED_SEEN_SECONDS = 3 * SEEN_EVERY_SECONDS
 
 
 class StoreGauges(Collector):
@@ -55,10 +58,11 @@ class StoreGauges(Collector):
     def _pilots(self) -> Metric:
         family = GaugeMetricFamily(
             "cloudpilot_pilots_active",
-            "Pilots that may take or hold work: in a live VM, or hand-started and holding a job.",
+            "Pilots that may take or hold work: in a live VM, or hand-started and asking for work or holding a job.",
             labels=["vo"],
         )
-        for vo, n in sorted(self.stats.active_pilots_by_vo().items(), key=lambda item: item[0] or ""):
+        active = self.stats.active_pilots_by_vo(self.clock.now() - HAND_STARTED_SEEN_SECONDS)
+        for vo, n in sorted(active.items(), key=lambda item: item[0] or ""):
             family.add_metric([vo or ANY_VO], n)
         return family
 

@@ -43,6 +43,7 @@ from cloudpilot.policy.provisioning import plan
 from cloudpilot.services import metrics
 from cloudpilot.services.cloud_health import CloudHealth, as_config_error
 from cloudpilot.services.images import ImageService
+from cloudpilot.services.log_ids import vm_ids
 from cloudpilot.services.vm_records import cloud_shutdown_deadline, requested_vm
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.pilots import PilotRepository
@@ -281,7 +282,8 @@ class Provisioner:
             # Checked again now, whatever the policy saw: an image not endorsed at this moment never boots.
             choice = self.images.boot_choice(action.cloud, action.vo, action.image, now)
             if choice.refused:
-                log.warning("no VM started on %s for %s: %s", action.cloud, action.vo, choice.refused)
+                ids = {"cloud": action.cloud, "vo": action.vo}
+                log.warning("no VM started on %s for %s: %s", action.cloud, action.vo, choice.refused, extra=ids)
                 return
             image, endorsed, image_tags = choice.image_id, choice.identifier, choice.tags
         deadline = cloud_shutdown_deadline(self.sites, action.cloud, settings)
@@ -326,7 +328,7 @@ class Provisioner:
                 if isinstance(exc, CloudConfigError):  # not an outage: the cloud stops until it is fixed
                     self.health.config_error(action.cloud, reason, now, vm_id=vm_id)
                     break
-                log.warning("VM %s on %s failed to start: %s", vm_id, action.cloud, reason)
+                log.warning("VM %s on %s failed to start: %s", vm_id, action.cloud, reason, extra=vm_ids(vm))
                 continue
             self.vms.move(
                 vm_id,
@@ -335,7 +337,7 @@ class Provisioner:
                 f"instance {instance.instance_id} created",
                 instance_id=instance.instance_id,
             )
-            log.info("VM %s (%s) booting on %s for %s", vm_id, action.flavor, action.cloud, action.vo)
+            log.info("VM %s (%s) booting on %s for %s", vm_id, action.flavor, action.cloud, action.vo, extra=vm_ids(vm))
         self.on_change()
 
     def _drain(self, vm_id: str, reason: str, now: float) -> None:
@@ -343,7 +345,7 @@ class Provisioner:
         vm = self.vms.get(vm_id)
         if VMState.DRAINING in VM_TRANSITIONS[vm.state]:
             self.vms.move(vm_id, VMState.DRAINING, now, f"draining: {reason}")
-            log.info("VM %s draining: %s", vm_id, reason)
+            log.info("VM %s draining: %s", vm_id, reason, extra=vm_ids(vm))
 
     def _stop(self, vm_id: str, reason: str, now: float) -> None:
         vm = self.vms.get(vm_id)
@@ -355,4 +357,4 @@ class Provisioner:
                 f"stopped by the provisioner: {reason}",
                 shutdown_message=f"stopped by the provisioner: {reason}",
             )
-            log.info("VM %s stopped: %s", vm_id, reason)
+            log.info("VM %s stopped: %s", vm_id, reason, extra=vm_ids(vm))

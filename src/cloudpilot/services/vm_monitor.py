@@ -28,6 +28,7 @@ from cloudpilot.config import ServerConfig
 from cloudpilot.domain.vms import TO_DESTROY_STATES, VM, VMState
 from cloudpilot.services import metrics
 from cloudpilot.services.cloud_health import CloudHealth
+from cloudpilot.services.log_ids import vm_ids
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.pilots import PilotRepository
 from cloudpilot.store.tokens import TokenRepository
@@ -70,7 +71,7 @@ class VMMonitor:
     def _fail(self, vm: VM, now: float, reason: str) -> str:
         """A VM that will never run: logged once, here, with its cloud and why."""
         self.vms.move(vm.id, VMState.FAILED, now, reason, failure_reason=reason)
-        log.warning("VM %s on %s failed: %s", vm.id, vm.cloud, reason)
+        log.warning("VM %s on %s failed: %s", vm.id, vm.cloud, reason, extra=vm_ids(vm))
         return f"{vm.id} failed: {reason}"
 
     def _timeouts(self, vm: VM, now: float, busy_cores: int) -> list[str]:
@@ -108,7 +109,7 @@ class VMMonitor:
 
     def _lose(self, vm: VM, now: float, why: str) -> str:
         self.vms.move(vm.id, VMState.LOST, now, why, failure_reason=why if vm.booted_at is None else None)
-        log.warning("VM %s on %s lost: %s", vm.id, vm.cloud, why)
+        log.warning("VM %s on %s lost: %s", vm.id, vm.cloud, why, extra=vm_ids(vm))
         settings = self.config.clouds.get(vm.cloud)
         preempted = settings is not None and settings.preemptible
         what = f"VM {vm.id} of preemptible cloud {vm.cloud} lost" if preempted else f"VM {vm.id} lost"

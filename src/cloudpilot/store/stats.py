@@ -36,9 +36,9 @@ class StatsRepository:
         with self.db.read() as conn:
             return {(cloud, state): int(n) for cloud, state, n in conn.execute(stmt).all()}
 
-    def active_pilots_by_vo(self) -> dict[str | None, int]:
+    def active_pilots_by_vo(self, seen_since: float) -> dict[str | None, int]:
         """VO -> pilots that may take or hold work: registered, not halted, and either in a VM that is alive
-        or (a hand-started pilot, which sends no heartbeat of its own while idle) holding a job."""
+        or (a hand-started pilot) holding a job or seen since ``seen_since``."""
         alive_vms = select(vms.c.id).where(vms.c.state.in_(_ALIVE))
         holding = select(jobs.c.pilot_id).where(jobs.c.state.in_([s.value for s in ACTIVE_STATES]))
         stmt = (
@@ -47,7 +47,7 @@ class StatsRepository:
                 pilots.c.state == "active",
                 or_(
                     pilots.c.vm_id.in_(alive_vms),
-                    and_(pilots.c.vm_id.is_(None), pilots.c.id.in_(holding)),
+                    and_(pilots.c.vm_id.is_(None), or_(pilots.c.last_seen_at >= seen_since, pilots.c.id.in_(holding))),
                 ),
             )
             .group_by(pilots.c.vo)

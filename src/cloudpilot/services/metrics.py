@@ -2,7 +2,8 @@
 
 Counters and histograms are counted where things happen (the services, the matcher, the HTTP middleware).
 What the store holds (jobs by VO and state, VMs by cloud and state, active pilots, clouds backing off) is not
-counted but read at scrape time by :class:`StoreGauges`, so any server process answers it right.
+counted but read at scrape time by :class:`cloudpilot.services.gauges.StoreGauges`, so any server process
+answers it right.
 
 Several server processes: with ``PROMETHEUS_MULTIPROC_DIR`` set when the process starts, prometheus_client keeps
 every counter and histogram in memory-mapped files in that directory, and :func:`exposition` sums the files of
@@ -25,6 +26,8 @@ from cloudpilot.store.jobs import Requeued
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 disable_created_metrics()  # no *_created series: one process or many, a scrape shows the same metrics
+if os.environ.get(MULTIPROC_ENV):  # prometheus_client writes its files there from the first metric on
+    os.makedirs(os.environ[MULTIPROC_ENV], exist_ok=True)
 
 # The metrics counted in this process; never exposed directly in multiprocess mode (their files are).
 REGISTRY = CollectorRegistry(auto_describe=True)

@@ -67,6 +67,8 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
         loops: list[asyncio.Task[None]] = []
         if run_loops:
             reaper = services.reaper
+            # Before the first tick: time the server was down does not count against leases (services/reaper.py).
+            await run_in_threadpool(reaper.resume, services.clock.now())
             loops.append(asyncio.create_task(_every(reaper.interval, "lease reaper", reaper.tick, services)))
             # One loop, monitor then provisioner, so they never act on the same VM at once; new work wakes
             # it, so a job waiting with no VM up does not wait for the next interval too. Without clouds it
@@ -88,6 +90,10 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            if run_loops:  # local VMs are this machine's processes: they stop with it (keep_vms_on_stop)
+                stopped = await run_in_threadpool(services.vm_monitor.stop_with_server, services.clock.now())
+                if stopped:
+                    log.info("server stopping: %s", "; ".join(stopped))
 
     app = FastAPI(
         title="cloudpilot",

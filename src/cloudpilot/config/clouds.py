@@ -107,6 +107,11 @@ class _CloudCommon(_Section):
 
 class LocalCloudConfig(_CloudCommon):
     driver: Literal["local"]
+    keep_vms_on_stop: bool = Field(
+        False,
+        description="Leave its VMs running when the server stops (a restart takes them back); by default they "
+        "stop with the server and their jobs are requeued without spending an attempt.",
+    )
     boot_seconds: float = Field(0.0, ge=0, description="How long a local VM takes to boot.")
     fail_share: float = Field(0.0, ge=0, le=1, description="Share of boots that end in error (tests, demos).")
     hang_share: float = Field(0.0, ge=0, le=1, description="Share of boots that never finish (tests, demos).")

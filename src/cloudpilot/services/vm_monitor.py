@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from cloudpilot.clouds.base import CloudDriver, Instance, InstanceState
 from cloudpilot.clouds.errors import CloudError
 from cloudpilot.config import ServerConfig
-from cloudpilot.domain.vms import TO_DESTROY_STATES, VM, VMState
+from cloudpilot.config.clouds import LocalCloudConfig
+from cloudpilot.domain.vms import TO_DESTROY_STATES, VM, VM_TRANSITIONS, VMState
 from cloudpilot.services import metrics
 from cloudpilot.services.cloud_health import CloudHealth
 from cloudpilot.services.log_ids import vm_ids
@@ -106,6 +107,23 @@ class VMMonitor:
         released = self._release(vm, now, why, spend_attempt=False)
         self.vms.move(vm.id, VMState.HALTED, now, why, shutdown_message=f"{why}; {released} job(s) requeued")
         return f"{vm.id} halted: {why}; {released} job(s) requeued"
+
+    def stop_with_server(self, now: float) -> list[str]:
+        """The server is stopping: VMs of local clouds (processes of this machine, which nobody would stop
+        otherwise) stop too, unless the cloud keeps them (``keep_vms_on_stop``); their jobs go back to the
+        queue without spending an attempt, since the server, not the job, ended them."""
+        changes: list[str] = []
+        for vm in self.vms.list(states=set(ALIVE) | {VMState.REQUESTED}):
+            settings = self.config.clouds.get(vm.cloud)
+            if not isinstance(settings, LocalCloudConfig) or settings.keep_vms_on_stop:
+                continue
+            why = "the server stopped"
+            released = self._release(vm, now, f"VM {vm.id} stopped with the server", spend_attempt=False)
+            target = VMState.HALTED if VMState.HALTED in VM_TRANSITIONS[vm.state] else VMState.FAILED
+            self.vms.move(vm.id, target, now, why, shutdown_message=f"{why}; {released} job(s) requeued")
+            changes.append(f"{vm.id} stopped with the server; {released} job(s) requeued")
+            changes += self._destroy(self.vms.get(vm.id), now)
+        return changes
 
     def _lose(self, vm: VM, now: float, why: str) -> str:
         self.vms.move(vm.id, VMState.LOST, now, why, failure_reason=why if vm.booted_at is None else None)

@@ -1,0 +1,134 @@
+"""Nothing left behind: a `cloudpilot server` stopped by SIGTERM or SIGINT stops the VMs it started on local
+clouds, and their jobs go back to the queue without spending an attempt; `keep_vms_on_stop` keeps them for a
+restart, which takes them back. Real server processes, real local VMs, pilots and payloads."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from cloudpilot.clouds.local_procs import is_running
+from tests.helpers.pilots import wait_for
+from tests.helpers.server import free_port
+
+PY = sys.executable
+
+
+class ServerProcess:
+    def __init__(self, tmp: Path, keep: bool) -> None:
+        self.data = tmp / "data"
+        self.config = tmp / "server.yaml"
+        cloud = {"driver": "local", "flavors": {"small": {"cores": 1, "memory_mb": 1024}}, "max_vms": 2,
+                 "boot_seconds": 0.2, "keep_vms_on_stop": keep}  # fmt: skip
+        self.config.write_text(yaml.safe_dump({"clouds": {"local-a": cloud}, "provisioner": {"interval_seconds": 1}}))
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [PY, "-m", "cloudpilot.cli.main", "server", "--data-dir", str(self.data), "--config", str(self.config),
+               "--port", str(self.port)]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(up, timeout=30, what="the server to answer")
+
+    def token(self, *args: str) -> str:
+        cmd = [PY, "-m", "cloudpilot.cli.main", "token", "create", "--data-dir", str(self.data), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
+
+    def stop(self, sig: signal.Signals) -> str:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        _, err = self.proc.communicate(timeout=30)
+        return err.decode(errors="replace")
+
+
+@pytest.fixture
+def servers(tmp_path: Path):  # type: ignore[no-untyped-def]
+    made: list[ServerProcess] = []
+
+    def make(keep: bool) -> ServerProcess:
+        made.append(ServerProcess(tmp_path, keep))
+        return made[-1]
+
+    yield make
+    for server in made:
+        if server.proc is not None and server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()
+
+
+def payload(marker: Path, seconds: float) -> dict:
+    # The payload writes its pid, then works; done when it finishes.
+    code = f"import os,time; open({str(marker)!r},'a').write(str(os.getpid())+'\\n'); time.sleep({seconds})"
+    return {"name": "long", "executable": PY, "arguments": ["-c", code],
+            "requirements": {"wall_seconds": 600}, "max_attempts": 1}  # fmt: skip
+
+
+def pids(marker: Path) -> list[int]:
+    return [int(line) for line in marker.read_text().split()] if marker.exists() else []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_server_stops_its_local_vms_and_requeues_their_jobs(servers, tmp_path: Path, sig) -> None:  # type: ignore[no-untyped-def]
+    server = servers(keep=False)
+    server.start()
+    alice = server.token("--role", "user", "--vo", "lhcb", "--name", "alice")
+    user = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice}"})
+    marker = tmp_path / "pids"
+    (job_id,) = user.post("/api/v1/jobs", json=payload(marker, 120)).json()["ids"]
+    wait_for(lambda: len(pids(marker)) == 1, timeout=60, what="the payload to start")
+    (pid,) = pids(marker)
+    user.close()
+
+    err = server.stop(sig)
+    assert server.proc is not None and server.proc.returncode is not None
+    deadline = time.time() + 5
+    while is_running(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not is_running(pid), "the payload of a local VM outlived its server"
+    assert "stopped with the server" in err
+
+    # Restarted, the server shows the job back in the queue, its one attempt not spent; it runs again.
+    server.start()
+    user = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice}"})
+    found = user.get(f"/api/v1/jobs/{job_id}").json()
+    assert any("stopped with the server" in e["reason"] for e in found["history"])
+    assert found["max_attempts"] == 2  # one more: the server, not the job, ended that attempt
+    wait_for(lambda: len(pids(marker)) == 2, timeout=60, what="the job to run again")
+    user.close()
+    server.stop(signal.SIGTERM)
+
+
+def test_keep_vms_on_stop_leaves_them_to_a_restart(servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server = servers(keep=True)
+    server.start()
+    alice = server.token("--role", "user", "--vo", "lhcb", "--name", "alice")
+    user = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice}"})
+    marker = tmp_path / "pids"
+    (job_id,) = user.post("/api/v1/jobs", json=payload(marker, 8)).json()["ids"]
+    wait_for(lambda: len(pids(marker)) == 1, timeout=60, what="the payload to start")
+    (pid,) = pids(marker)
+    user.close()
+    server.stop(signal.SIGTERM)
+    assert is_running(pid)  # the VM and its payload carry on
+
+    server.start()  # the pilot reaches the restarted server and reports: the job counts, once
+    user = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice}"})
+    wait_for(lambda: user.get(f"/api/v1/jobs/{job_id}").json()["state"] == "done", timeout=90, what="the job")
+    assert len(pids(marker)) == 1
+    user.close()
+    server.stop(signal.SIGTERM)

@@ -24,6 +24,7 @@ request's VM id instead of starting a second one.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -102,6 +103,13 @@ class LibcloudDriver:
                 name,
                 f"options {unknown} are not accepted for provider {provider!r} (known: "
                 f"{sorted(self._profile.options)}, or an ex_* argument of its create_node the adapter does not set)",
+            )
+        misspelt = _unknown_extension_args(driver_cls, {**driver_args, **driver_kwargs})
+        if misspelt:
+            raise CloudConfigError(
+                name,
+                f"driver arguments {misspelt} are not accepted by provider {provider!r} "
+                f"(its ex_* arguments: {sorted(_init_parameters(driver_cls, 'ex_'))})",
             )
         clash = sorted(set(driver_args) & set(driver_kwargs))
         if clash:
@@ -230,3 +238,22 @@ def _secrets(driver_args: Mapping[str, Any], driver_kwargs: Mapping[str, Any]) -
     values = [v for v in driver_args.values() if isinstance(v, str)]
     values += [v for k, v in driver_kwargs.items() if isinstance(v, str) and _SECRET_KWARG.search(k)]
     return values
+
+
+def _init_parameters(driver_cls: type, prefix: str = "") -> set[str]:
+    """Named parameters of the constructors along the class's MRO (Libcloud passes ``**kwargs`` up the chain)."""
+    names: set[str] = set()
+    for klass in driver_cls.__mro__:
+        init = vars(klass).get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {n for n in names if n.startswith(prefix)}
+
+
+def _unknown_extension_args(driver_cls: type, given: Mapping[str, Any]) -> list[str]:
+    """``ex_*`` arguments no constructor names: Libcloud would swallow a misspelt one in ``**kwargs`` and
+    ignore it. Only ``ex_*`` are checked; other keyword arguments (timeout, proxy_url, …) are read from kwargs."""
+    known = _init_parameters(driver_cls, "ex_")
+    return sorted(k for k in given if k.startswith("ex_") and k not in known)

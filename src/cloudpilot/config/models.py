@@ -8,6 +8,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from cloudpilot.config.clouds import CloudConfig, ProvisionerConfig
+from cloudpilot.config.errors import describe
 from cloudpilot.domain.provisioning import ProvisioningKnobs
 
 
@@ -130,6 +131,4 @@ def load_config(path: Path | None) -> ServerConfig:
     try:
         return ServerConfig.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"{path}: {where}: {first['msg']}") from exc
+        raise ConfigError(f"{path}: {describe(exc, raw)}") from exc

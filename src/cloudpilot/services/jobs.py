@@ -70,8 +70,9 @@ class JobService:
         return self.jobs.list(vo, owner, state, limit, after_id, name)
 
     def resubmit(self, principal: Principal, job_ids: Sequence[int], now: float) -> list[int]:
-        """New waiting jobs from the stored specs of final jobs (input sandbox included), in the order given;
-        each belongs to its original's owner. Nothing is submitted unless every id can be resubmitted."""
+        """New waiting jobs from the stored specs of final jobs (input sandbox included), in the order given (an id
+        given twice counts once); each belongs to its original's owner. Nothing is submitted unless every id can
+        be resubmitted."""
         if not job_ids:
             raise BadInput("no job to resubmit", "ids")
         originals = [self.get(principal, job_id) for job_id in dict.fromkeys(job_ids)]
@@ -90,7 +91,7 @@ class JobService:
             submitter = Principal(token_id=principal.token_id, role=Role.USER, name=owner, vo=vo)
             ids = self.submit(submitter, [j.spec for j in group], now)
             new_ids.update(zip((j.id for j in group), ids, strict=True))
-        return [new_ids[job_id] for job_id in job_ids]
+        return [new_ids[job.id] for job in originals]
 
     def counts(self, principal: Principal) -> dict[str, int]:
         vo, owner = self.scope(principal)

@@ -45,6 +45,11 @@ class ServerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to clean up."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
     def stop(self) -> None:
         """SIGTERM, as an operator would; SIGKILL if it does not stop within 15 s."""
         if self.proc.poll() is None:
@@ -61,8 +66,10 @@ class ServerProcesses:
     base: Path
     started: list[ServerProcess] = field(default_factory=list)
 
-    def start(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        port = free_port()
+    def start(
+        self, data_dir: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
+    ) -> ServerProcess:
+        port = port or free_port()  # a restarted server keeps its port: its pilots know only that URL
         log_path = self.base / f"server{len(self.started)}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [*CLI, "server", "--data-dir", str(data_dir), "--port", str(port), *args]

@@ -386,6 +386,16 @@ class JobRepository:
         expired = and_(jobs.c.state.in_([s.value for s in ACTIVE_STATES]), jobs.c.lease_expires_at < now)
         return self._release(expired, now, "lease expired", limit, half_life)
 
+    def extend_leases(self, until: float) -> tuple[int, int]:
+        """Push every active lease that ends before ``until`` to ``until`` (the server was down: that time must
+        not count against the pilots). Returns (active leases, leases extended)."""
+        active = jobs.c.state.in_([s.value for s in ACTIVE_STATES])
+        with self.db.write() as conn:
+            held = conn.execute(select(func.count()).select_from(jobs).where(active)).scalar_one()
+            short = and_(active, jobs.c.lease_expires_at < until)
+            extended = conn.execute(update(jobs).where(short).values(lease_expires_at=until)).rowcount
+        return int(held), int(extended)
+
     def release_pilots(
         self, pilot_ids: list[str], now: float, why: str, half_life: float = 86400.0, *, spend_attempt: bool = True
     ) -> list[Requeued]:

@@ -3,6 +3,7 @@ unknown Libcloud provider or argument each get one line that names what is wrong
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cloudpilot.cli.main import app
+from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Role
 from tests.helpers.server import RunningServer, ServerFactory, free_port
 
@@ -103,3 +105,17 @@ def test_configuration_mistakes_are_one_line_naming_the_key(config: str, expecte
     assert done.returncode == 2
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith("error: ") and expected in line
+
+
+def test_times_in_messages_are_iso_8601(make_server: ServerFactory) -> None:
+    cloud = {"driver": "local", "site": "siteA", "grace_secs": 600, "flavors": {"s": {"cores": 1, "memory_mb": 512}}}
+    server = make_server(ServerConfig.model_validate({"clouds": {"a1": cloud}}))
+    site = server.token(Role.SITE, "site-admin", site="siteA")
+    env = {"CLOUDPILOT_URL": server.url, "CLOUDPILOT_TOKEN": site}
+    runner = CliRunner()
+    for deadline, said in (("1700000000", "the deadline 2023-11-14T22:13:20Z is in the past (now is 20"),
+                           ("+60", "of notice: not before 20")):  # fmt: skip
+        result = runner.invoke(app, ["site", "drain", "--cloud", "a1", "--deadline", deadline], env=env)
+        assert result.exit_code == 1 and said in result.output, result.output
+        assert not re.search(r"\b1[0-9]{9}\b", result.output.replace("1700000000", ""))  # no epoch seconds
+        assert re.search(r"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\dZ", result.output)

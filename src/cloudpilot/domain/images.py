@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 from cloudpilot.domain.errors import DomainError
+from cloudpilot.domain.times import iso
 
 SIGNED_PREFIX = b"cloudpilot image list v1\n"
 IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@+-]{0,199}")
@@ -247,10 +248,6 @@ def _date(value: Any, where: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
-
-
-def iso(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 # --- tags -------------------------------------------------------------------------------------------------------

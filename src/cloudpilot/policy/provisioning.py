@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from cloudpilot.domain.provisioning import (
     Action,
@@ -42,6 +41,7 @@ from cloudpilot.domain.provisioning import (
     StopVM,
     WorkClass,
 )
+from cloudpilot.domain.times import iso
 from cloudpilot.domain.vms import SUPPLY_STATES, Flavor, VMState
 from cloudpilot.policy.budget import INF, PLAIN_IMAGE, Budget, image_for, jobs_per_vm, quota_budget, suits
 from cloudpilot.policy.capacity import capacity_drains
@@ -200,11 +200,6 @@ def _why_no_start(cloud: CloudView, knobs: ProvisioningKnobs, now: float) -> str
         failures = cloud.boot_failures_in_row
         return f"backing off until {iso(until)} after {failures} failed boot cycle(s){error}"
     return None
-
-
-def iso(when: float) -> str:
-    """A time for a person: ISO 8601 in UTC, to the second."""
-    return datetime.fromtimestamp(when, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _may_start(cloud: CloudView, knobs: ProvisioningKnobs, now: float) -> bool:

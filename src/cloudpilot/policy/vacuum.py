@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from cloudpilot.domain.provisioning import CloudView, ProvisioningSnapshot, StartVMs, VMEnd
+from cloudpilot.domain.times import iso
 from cloudpilot.domain.vms import Flavor, VMState
 from cloudpilot.policy.budget import Budget, boots_for, is_live
 
@@ -114,7 +115,7 @@ def vacuum_starts(
     starts = []
     for (vo, flavor_name), n in sorted(counts.items()):
         if vo in probes:
-            reason = f"vacuum: probe VM for {vo} after its back-off (abort at {states[vo].abort_at:.0f})"
+            reason = f"vacuum: probe VM for {vo} after its back-off (abort at {iso(states[vo].abort_at)})"
         else:
             reason = (
                 f"vacuum: {n} VM(s) for {vo}, furthest below its target share "

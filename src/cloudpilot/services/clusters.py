@@ -44,6 +44,7 @@ from cloudpilot.domain.clusters import (
     render,
     service_values,
 )
+from cloudpilot.domain.times import iso
 from cloudpilot.domain.vms import VM, VM_TRANSITIONS, VMState
 from cloudpilot.services import metrics
 from cloudpilot.services.auth import require
@@ -290,7 +291,7 @@ class ClusterService:
             return f"waiting for {', '.join(waiting)} to be ready", []
         backoff = self._backoff_until(view, name)
         if backoff is not None and now < backoff:
-            return f"backing off after failed boots until {backoff:.0f}", []
+            return f"backing off after failed boots until {iso(backoff)}", []
         cloud = cluster.definition.cloud_of(name) or ""
         settings = self.config.clouds.get(cloud)
         if settings is None or cloud not in self.drivers:

@@ -11,13 +11,13 @@ import logging
 import secrets
 import threading
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Principal, Role
 from cloudpilot.domain.jobs import Job, JobState
 from cloudpilot.domain.matching import Offer
 from cloudpilot.domain.shutdown import ShutdownCode
+from cloudpilot.domain.times import iso
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
 from cloudpilot.services.matcher import MatchService
@@ -149,8 +149,7 @@ class PilotService:
             activity.seen(vm_id, now, matched=job is not None)
         if job is None and deadline is not None:
             # A VM to be shut down with nothing that ends in time: it leaves now rather than idle to its end.
-            moment = datetime.fromtimestamp(deadline, UTC).isoformat(timespec="seconds")
-            halt = (int(ShutdownCode.SHUTDOWN_AS_REQUESTED), f"the site shuts this VM down by {moment}")
+            halt = (int(ShutdownCode.SHUTDOWN_AS_REQUESTED), f"the site shuts this VM down by {iso(deadline)}")
             return MatchAnswer(halt=halt, shutdowntime=deadline)
         return MatchAnswer(job, shutdowntime=deadline)
 

@@ -8,6 +8,7 @@ from typing import Any
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Principal, Role
+from cloudpilot.domain.times import iso
 from cloudpilot.domain.vms import VM, VMState
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
@@ -58,11 +59,11 @@ class SiteControl:
         if deadline is None:
             deadline = now + max(DEFAULT_NOTICE_SECONDS, grace)
         elif deadline <= now:
-            raise BadInput(f"the deadline {deadline:.0f} is in the past (now is {now:.0f})", "deadline")
+            raise BadInput(f"the deadline {iso(deadline)} is in the past (now is {iso(now)})", "deadline")
         elif deadline < now + grace:
             raise BadInput(
                 f"the deadline must leave VMs at least their grace_secs ({grace} s) of notice: not before "
-                f"{now + grace:.0f}",
+                f"{iso(now + grace)}",
                 "deadline",
             )
         shutdown = self.sites.add_shutdown(

@@ -17,58 +17,45 @@ import yaml
 from cloudpilot.clouds.local_procs import is_running
 from tests.helpers.pilots import wait_for
 from tests.helpers.server import free_port
+from tests.helpers.server_process import CLI, ServerProcess, ServerProcesses
 
 PY = sys.executable
 
 
-class ServerProcess:
-    def __init__(self, tmp: Path, keep: bool) -> None:
-        self.data = tmp / "data"
+CLOUD = {"driver": "local", "flavors": {"small": {"cores": 1, "memory_mb": 1024}}, "max_vms": 2, "boot_seconds": 0.2}
+
+
+class Server:
+    """One data directory and port, started and stopped as an operator would (signals to the server only)."""
+
+    def __init__(self, processes: ServerProcesses, tmp: Path, keep: bool) -> None:
+        self.processes, self.data, self.port = processes, tmp / "data", free_port()
         self.config = tmp / "server.yaml"
-        cloud = {"driver": "local", "flavors": {"small": {"cores": 1, "memory_mb": 1024}}, "max_vms": 2,
-                 "boot_seconds": 0.2, "keep_vms_on_stop": keep}  # fmt: skip
+        cloud = {**CLOUD, "keep_vms_on_stop": keep}
         self.config.write_text(yaml.safe_dump({"clouds": {"local-a": cloud}, "provisioner": {"interval_seconds": 1}}))
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.current: ServerProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        cmd = [PY, "-m", "cloudpilot.cli.main", "server", "--data-dir", str(self.data), "--config", str(self.config),
-               "--port", str(self.port)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{self.url}/api/v1/health", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(up, timeout=30, what="the server to answer")
+        self.current = self.processes.start(self.data, "--config", str(self.config), port=self.port)
 
     def token(self, *args: str) -> str:
-        cmd = [PY, "-m", "cloudpilot.cli.main", "token", "create", "--data-dir", str(self.data), *args]
+        cmd = [*CLI, "token", "create", "--data-dir", str(self.data), *args]
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
 
     def stop(self, sig: signal.Signals) -> str:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        _, err = self.proc.communicate(timeout=30)
-        return err.decode(errors="replace")
+        assert self.current is not None
+        self.current.proc.send_signal(sig)  # the server alone: local VMs run in sessions of their own
+        self.current.proc.wait(timeout=30)
+        return self.current.log()
 
 
 @pytest.fixture
-def servers(tmp_path: Path):  # type: ignore[no-untyped-def]
-    made: list[ServerProcess] = []
-
-    def make(keep: bool) -> ServerProcess:
-        made.append(ServerProcess(tmp_path, keep))
-        return made[-1]
-
-    yield make
-    for server in made:
-        if server.proc is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
+def servers(server_processes: ServerProcesses, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return lambda keep: Server(server_processes, tmp_path, keep)
 
 
 def payload(marker: Path, seconds: float) -> dict:
@@ -94,13 +81,12 @@ def test_a_stopped_server_stops_its_local_vms_and_requeues_their_jobs(servers, t
     (pid,) = pids(marker)
     user.close()
 
-    err = server.stop(sig)
-    assert server.proc is not None and server.proc.returncode is not None
+    log = server.stop(sig)
     deadline = time.time() + 5
     while is_running(pid) and time.time() < deadline:
         time.sleep(0.1)
     assert not is_running(pid), "the payload of a local VM outlived its server"
-    assert "stopped with the server" in err
+    assert "stopped with the server" in log
 
     # Restarted, the server shows the job back in the queue, its one attempt not spent; it runs again.
     server.start()

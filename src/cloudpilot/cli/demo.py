@@ -38,7 +38,7 @@ from cloudpilot.cli.common import fail, styled_state
 from cloudpilot.cli.vms import clouds_table, vm_counts, vms_table
 from cloudpilot.client import ClientError, CloudpilotClient, load_job_file
 from cloudpilot.client.jobfile import is_parametric
-from cloudpilot.domain.jobs import JobState
+from cloudpilot.domain.job_states import JobState
 from cloudpilot.domain.vms import VMState
 
 if TYPE_CHECKING:  # the configuration models are loaded by the demo itself, not by every other command
@@ -50,8 +50,8 @@ TEARDOWN_SECONDS = 60.0  # how long the idle VMs get to power off and be destroy
 STOP_SECONDS = 10.0  # grace between SIGTERM and SIGKILL when stopping the server
 PLOT_FILE = "cloudpilot-demo.png"
 
-# The server configuration of the demo: two local clouds, the free one filled first, short idle times so the
-# VMs go away soon after the last job.
+# The server configuration of the demo: two local clouds, the free one filled first (examples/server.yaml has
+# the same clouds, for the README), short idle times so the VMs go away soon after the last job.
 DEMO_CONFIG: dict[str, Any] = {
     "clouds": {
         "local-a": {
@@ -60,6 +60,7 @@ DEMO_CONFIG: dict[str, Any] = {
             "max_vms": 3,
             "boot_seconds": 1,
             "start_rate_per_minute": 60,
+            "tags": ["el9"],
         },
         "local-b": {
             "driver": "local",
@@ -68,9 +69,10 @@ DEMO_CONFIG: dict[str, Any] = {
             "boot_seconds": 2,
             "start_rate_per_minute": 60,
             "price_per_core_hour": 0.02,
+            "tags": ["el9"],
         },
     },
-    "policy": {"idle_seconds": 20, "min_work_seconds_per_core": 0},
+    "policy": {"idle_seconds": 20},
     "provisioner": {"interval_seconds": 1, "pilot_idle_timeout_seconds": 8},
 }
 

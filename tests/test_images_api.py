@@ -15,7 +15,7 @@ import httpx
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Role
 from cloudpilot.domain.images import iso
-from tests.helpers.images import DN, Endorser, FileServer, image_entry, image_list
+from tests.helpers.images import DN, LOCAL_IMAGES, Endorser, FileServer, image_entry, image_list
 from tests.helpers.server import RunningServer, ServerFactory
 
 CONTENT = {name: f"image {name}\n".encode() * 64 for name in ("el9-a", "el9-b", "el9-old")}
@@ -25,6 +25,7 @@ def config(**clouds: dict) -> ServerConfig:
     return ServerConfig.model_validate(
         {
             "clouds": clouds,
+            "images": LOCAL_IMAGES,
             "policy": {"idle_seconds": 30, "min_work_seconds_per_core": 0},
             "provisioner": {"interval_seconds": 0.5, "pilot_idle_timeout_seconds": 10},
         }

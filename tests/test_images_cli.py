@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from cloudpilot.cli.main import app
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Role
-from tests.helpers.images import FileServer, image_entry, image_list
+from tests.helpers.images import LOCAL_IMAGES, FileServer, image_entry, image_list
 from tests.helpers.server import ServerFactory
 
 runner = CliRunner()
@@ -82,7 +82,8 @@ def test_subscribe_list_revoke_clouds_and_job_through_the_cli(
         "flavors": {"f": {"cores": 1, "memory_mb": 1024}},
         "endorsed_images": {"el9-a": "img-a"},
     }
-    server = make_server(ServerConfig.model_validate({"clouds": {"a": local}, "provisioner": {"interval_seconds": 1}}))
+    cfg = {"clouds": {"a": local}, "images": LOCAL_IMAGES, "provisioner": {"interval_seconds": 1}}
+    server = make_server(ServerConfig.model_validate(cfg))
     admin, user = server.token(Role.ADMIN, "root"), server.token(Role.USER, "alice", vo="lhcb")
     lst, _, pub = endorse(tmp_path, file_server)
     file_server.files["/l.json"], file_server.files["/l.json.sig"] = lst.read_bytes(), Path(f"{lst}.sig").read_bytes()

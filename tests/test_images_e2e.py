@@ -13,7 +13,7 @@ import httpx
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Role
 from cloudpilot.domain.images import iso
-from tests.helpers.images import Endorser, FileServer, image_entry, image_list
+from tests.helpers.images import LOCAL_IMAGES, Endorser, FileServer, image_entry, image_list
 from tests.helpers.pilots import wait_final, wait_for
 from tests.helpers.server import RunningServer, ServerFactory
 
@@ -24,6 +24,7 @@ def config(**clouds: dict) -> ServerConfig:
     return ServerConfig.model_validate(
         {
             "clouds": clouds,
+            "images": LOCAL_IMAGES,
             "policy": {"idle_seconds": 4, "min_work_seconds_per_core": 0},
             "provisioner": {"interval_seconds": 0.5, "pilot_idle_timeout_seconds": 4, "lost_after_seconds": 20},
             "lease": {"seconds": 10, "heartbeat_seconds": 1, "reaper_interval_seconds": 0.5},

@@ -19,6 +19,8 @@ from cloudpilot.domain.images import iso
 from cloudpilot.images.signing import fingerprint, generate_key, public_key_pem, sign_document
 
 DN = "/DC=ch/DC=cern/OU=LHCb/CN=LHCb image endorser"
+# The test lists are served over http from 127.0.0.1, which a server refuses unless told (docs/images.md).
+LOCAL_IMAGES = {"allow_http": True, "allowed_hosts": ["127.0.0.1"]}
 
 
 @dataclass
@@ -83,16 +85,24 @@ def dump(doc: dict[str, Any]) -> bytes:
 
 
 class FileServer:
-    """Serves ``files`` (path -> bytes) over HTTP on 127.0.0.1; anything else is a 404."""
+    """Serves ``files`` (path -> bytes) over HTTP on 127.0.0.1, ``redirects`` (path -> Location) with a 302;
+    anything else is a 404."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
+        self.redirects: dict[str, str] = {}
         self.requests: list[str] = []
-        files, requests = self.files, self.requests
+        files, requests, redirects = self.files, self.requests, self.redirects
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 requests.append(self.path)
+                if self.path in redirects:
+                    self.send_response(302)
+                    self.send_header("Location", redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = files.get(self.path)
                 if body is None:
                     self.send_error(404)

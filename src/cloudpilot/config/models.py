@@ -55,6 +55,30 @@ class MetricsConfig(_Section):
     public: bool = Field(False, description="Serve /metrics to anyone; by default it needs an admin token.")
 
 
+class HTTPServerConfig(_Section):
+    """Limits of the HTTP server itself, so one client cannot hold or flood it (docs/configuration.md)."""
+
+    max_body_bytes: int = Field(
+        64 << 20, ge=1024, description="Largest request body; sandbox uploads have storage.max_sandbox_bytes."
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600, description="A connection must send a whole request head within this long."
+    )
+    keep_alive_seconds: int = Field(5, ge=1, le=3600, description="An idle keep-alive connection is closed after.")
+    max_header_bytes: int = Field(16 << 10, ge=1024, le=1 << 20, description="Largest request head (line, headers).")
+
+
+class ImagesConfig(_Section):
+    """Where the server may fetch image lists and images from (docs/images.md, "Fetching safely")."""
+
+    allow_http: bool = Field(False, description="Also fetch over plain http (tests); by default https only.")
+    allowed_hosts: list[str] = Field(
+        [], description="Hosts that may resolve to loopback, private, link-local or multicast addresses."
+    )
+    fetch_timeout_seconds: float = Field(60.0, gt=0, le=3600, description="Longest time one fetch may take.")
+    max_list_bytes: int = Field(16 << 20, ge=1024, description="Largest image list or signature fetched.")
+
+
 class PledgeConfig(_Section):
     cores: int = Field(ge=0, description="Cores pledged to the VO at the site (at once).")
     core_hours: float | None = Field(None, ge=0, description="Core-hours the VO may use per period; unset: no cap.")
@@ -91,6 +115,8 @@ class ServerConfig(_Section):
     policy: ProvisioningKnobs = ProvisioningKnobs()
     provisioner: ProvisionerConfig = ProvisionerConfig()
     metrics: MetricsConfig = MetricsConfig()
+    server: HTTPServerConfig = HTTPServerConfig()
+    images: ImagesConfig = ImagesConfig()
 
     @model_validator(mode="after")
     def _cloud_sites(self) -> ServerConfig:

@@ -3,6 +3,7 @@
 ImagesError
 ├── ImageListRefused   verification refused a list or an image; ``reason`` says which check, ``field`` where
 ├── FetchFailed        a list, its signature or an image file could not be fetched (retry later)
+│   └── FetchRefused   the destination is not allowed (scheme, host, address, redirect): do not retry
 └── KeyFileError       a key file that cannot be read or written
 """
 
@@ -35,6 +36,10 @@ class ImageListRefused(ImagesError):
 
 
 class FetchFailed(ImagesError):
+    pass
+
+
+class FetchRefused(FetchFailed):
     pass
 
 

@@ -36,7 +36,7 @@ from cloudpilot.domain.jobs import Job, JobState
 from cloudpilot.domain.provisioning import Action, CloudView, DrainVM, WorkClass
 from cloudpilot.domain.vms import VMState
 from cloudpilot.images.errors import FetchFailed, ImageListRefused, KeyFileError, Refusal
-from cloudpilot.images.fetch import fetch_bytes, fetch_image, signature_url
+from cloudpilot.images.fetch import FetchPolicy, fetch_bytes, fetch_image, signature_url
 from cloudpilot.images.signing import fingerprint, parse_public_key, public_key_pem
 from cloudpilot.images.trust import VerifiedList, verify_list
 from cloudpilot.policy.budget import image_for
@@ -83,7 +83,6 @@ class ImageService:
     vms: VMRepository
     data_dir: Path
     drain: Callable[[list[Action], float], None] = lambda actions, now: None  # the provisioner's apply
-    fetch_timeout: float = 60.0
     _registering: set[str] = field(default_factory=set)
 
     # --- what may boot -------------------------------------------------------------------------------------
@@ -309,7 +308,7 @@ class ImageService:
         fmt = re.sub(r"[^A-Za-z0-9]", "", image.format)[:16] or "img"
         dest = self.data_dir / "images" / f"{image.sha512[:32]}-{name}.{fmt}"
         try:
-            fetch_image(image, dest, self.fetch_timeout)
+            fetch_image(image, dest, self.config.images.fetch_timeout_seconds, self.fetch_policy)
         except ImageListRefused as exc:
             log.warning("image %s rejected: %s", image.identifier, exc)
             self.repo.set_rejected(image.identifier, str(exc), now)
@@ -391,12 +390,22 @@ class ImageService:
 
     def _fetch(self, url: str, sig_url: str) -> tuple[bytes, bytes | None]:
         try:
-            data = fetch_bytes(url, self.fetch_timeout)
-            sig = fetch_bytes(sig_url, self.fetch_timeout, missing_ok=True)
+            data = self._fetch_one(url)
+            sig = self._fetch_one(sig_url, missing_ok=True)
         except FetchFailed as exc:
             raise BadInput(str(exc), "url") from exc
         assert data is not None
         return data, sig
+
+    @property
+    def fetch_policy(self) -> FetchPolicy:
+        """Where the server may fetch from (images.allow_http, images.allowed_hosts): https, public hosts."""
+        images = self.config.images
+        return FetchPolicy.strict(images.allow_http, frozenset(images.allowed_hosts))
+
+    def _fetch_one(self, url: str, missing_ok: bool = False) -> bytes | None:
+        limits = self.config.images
+        return fetch_bytes(url, limits.fetch_timeout_seconds, limits.max_list_bytes, missing_ok, self.fetch_policy)
 
     def _check_owners(self, verified: VerifiedList, sub_id: int | None) -> None:
         owners = self.repo.owners([i.identifier for i in verified.image_list.images])

@@ -23,7 +23,7 @@ from cloudpilot.cli.common import (
     when,
 )
 from cloudpilot.client import ClientError, WaitTimedOut, load_job_file
-from cloudpilot.domain.jobs import JobState
+from cloudpilot.domain.job_states import JobState
 
 NameOption = typer.Option(
     None, "--name", help="Only jobs whose name matches: a glob (* and ?, case-insensitive) or an exact name."

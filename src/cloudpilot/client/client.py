@@ -18,7 +18,7 @@ import httpx
 from cloudpilot.client.errors import ClientError, ServerUnavailable, WaitTimedOut, error_for_status
 from cloudpilot.client.jobfile import check_input_files, plan_submission
 from cloudpilot.client.sandbox import extract_safely, packed
-from cloudpilot.domain.jobs import FINAL_STATES, JobState
+from cloudpilot.domain.job_states import FINAL_STATES, JobState
 from cloudpilot.domain.vms import VMState
 
 API = "/api/v1"

@@ -6,13 +6,15 @@ import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
-
-import yaml
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any
 
 from cloudpilot.client.errors import InvalidRequest, JobFileError
-from cloudpilot.domain.jobs import JobSpec, ParametricSpec, expand_parametric
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+# yaml, pydantic and the job models are imported when a job file is read or checked: commands that only list or
+# show jobs start without them.
 
 
 def load_job_file(path: Path | str) -> object:
@@ -56,6 +58,8 @@ def _parse_json(path: Path, text: str) -> object:
 
 
 def _parse_yaml(path: Path, text: str, what: str = "YAML") -> object:
+    import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -91,6 +95,8 @@ def plan_submission(document: object) -> Submission:
     A parametric job whose ``input_files`` use ``{n}`` is expanded here (each job needs its own sandbox);
     any other parametric job is sent as is and the server expands it.
     """
+    from cloudpilot.domain.jobs import JobSpec, ParametricSpec, expand_parametric
+
     doc = copy.deepcopy(document)
     templates: list[dict[str, Any]]
     if is_parametric(doc):
@@ -136,6 +142,8 @@ def plan_submission(document: object) -> Submission:
 
 def _validate(model: type[BaseModel], data: dict[str, Any], prefix: str) -> BaseModel:
     """Validate with the domain model, so a bad document is refused before any upload, worded as the server would."""
+    from pydantic import ValidationError
+
     try:
         return model.model_validate(data)
     except ValidationError as exc:

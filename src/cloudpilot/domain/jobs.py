@@ -1,50 +1,16 @@
-"""Jobs: their description, their states and the one table of allowed transitions."""
+"""Jobs: their description and the job record; states and transitions live in job_states.py (re-exported)."""
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from cloudpilot.domain.errors import IllegalTransition, StaleLease
-
-
-class JobState(StrEnum):
-    WAITING = "waiting"
-    MATCHED = "matched"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    KILLED = "killed"
-
-    @property
-    def is_final(self) -> bool:
-        return self in FINAL_STATES
-
-
-FINAL_STATES = frozenset({JobState.DONE, JobState.FAILED, JobState.KILLED})
-ACTIVE_STATES = frozenset({JobState.MATCHED, JobState.RUNNING})
-
-# The single source of truth for job state changes. ``waiting`` is re-entered when a lease is lost.
-JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.WAITING: frozenset({JobState.MATCHED, JobState.KILLED}),
-    JobState.MATCHED: frozenset({JobState.RUNNING, JobState.WAITING, JobState.FAILED, JobState.KILLED}),
-    JobState.RUNNING: frozenset({JobState.DONE, JobState.FAILED, JobState.WAITING, JobState.KILLED}),
-    JobState.DONE: frozenset(),
-    JobState.FAILED: frozenset(),
-    JobState.KILLED: frozenset(),
-}
-
-
-def can_transition(current: JobState, target: JobState) -> bool:
-    return target in JOB_TRANSITIONS[current]
-
-
-def check_transition(job_id: object, current: JobState | str, target: JobState | str) -> None:
-    """Raise :class:`IllegalTransition` unless the table allows ``current -> target``."""
-    cur, tgt = JobState(current), JobState(target)
-    if not can_transition(cur, tgt):
-        raise IllegalTransition("job", job_id, cur.value, tgt.value)
+from cloudpilot.domain.errors import StaleLease
+from cloudpilot.domain.job_states import ACTIVE_STATES as ACTIVE_STATES
+from cloudpilot.domain.job_states import FINAL_STATES as FINAL_STATES
+from cloudpilot.domain.job_states import JOB_TRANSITIONS as JOB_TRANSITIONS
+from cloudpilot.domain.job_states import JobState as JobState
+from cloudpilot.domain.job_states import can_transition as can_transition
+from cloudpilot.domain.job_states import check_transition as check_transition
 
 
 class SiteFilter(BaseModel):

@@ -16,8 +16,10 @@ from tests.helpers.server import RunningServer, ServerFactory
 
 
 def register(pilot: httpx.Client, cores: int = 1) -> str:
+    """Register with the client's pilot token; from then on the client speaks with the pilot's session."""
     r = pilot.post("/api/v1/pilots", json={"cores": cores, "hostname": "test"})
     assert r.status_code == 201, r.text
+    pilot.headers["Authorization"] = f"Bearer {r.json()['session_token']}"
     return r.json()["id"]
 
 
@@ -150,12 +152,13 @@ def test_late_report_of_lost_pilot_gets_409(make_server: ServerFactory) -> None:
     server = make_server(ServerConfig.model_validate({"lease": {"seconds": 1, "reaper_interval_seconds": 0.2}}))
     user = server.client(server.token(Role.USER, "alice", vo="lhcb"))
     (job_id,) = user.post("/api/v1/jobs", json={"executable": "sleep"}).json()["ids"]
-    pilot = server.client(server.token(Role.PILOT, vo="lhcb"))
-    lost, fresh = register(pilot), register(pilot)
+    token = server.token(Role.PILOT, vo="lhcb")
+    pilot, other = server.client(token), server.client(token)
+    lost, fresh = register(pilot), register(other)
     first = pilot.post("/api/v1/pilots/match", json={"pilot_id": lost}).json()
     assert pilot.post(f"/api/v1/jobs/{job_id}/report", json={"lease_token": 1, "state": "running"}).is_success
     time.sleep(2)  # no heartbeat: the reaper requeues the job
-    second = pilot.post("/api/v1/pilots/match", json={"pilot_id": fresh, "wait_seconds": 5}).json()
+    second = other.post("/api/v1/pilots/match", json={"pilot_id": fresh, "wait_seconds": 5}).json()
     assert second["job"]["id"] == job_id and second["lease"]["token"] == 2
     token = first["lease"]["token"]
     r = pilot.post(f"/api/v1/jobs/{job_id}/report", json={"lease_token": token, "state": "done", "exit_code": 0})

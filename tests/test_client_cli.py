@@ -302,7 +302,9 @@ def test_output_is_downloaded_and_extracted(live: LiveServer, tmp_path: Path) ->
 def run_as_pilot(live: LiveServer, job_id: int, outputs: dict[str, bytes]) -> None:
     """Play the pilot's side of the contract over HTTP: register, match, upload the outputs, report done."""
     with httpx.Client(base_url=live.url + "/api/v1", headers={"Authorization": f"Bearer {live.pilot}"}) as http:
-        pilot_id = http.post("/pilots", json={"cores": 1}).json()["id"]
+        registered = http.post("/pilots", json={"cores": 1}).json()
+        pilot_id = registered["id"]
+        http.headers["Authorization"] = f"Bearer {registered['session_token']}"  # pilot calls need the session
         matched = http.post("/pilots/match", json={"pilot_id": pilot_id, "cores": 1}).json()
         assert matched["job"]["id"] == job_id
         lease = matched["lease"]["token"]

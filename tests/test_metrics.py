@@ -58,7 +58,8 @@ def test_jobs_matches_leases_pilots_and_requests_are_counted(make_server: Server
     user = server.client(server.token(Role.USER, "alice", vo="atlas"))
     ids = user.post("/api/v1/jobs", json={"job": {"executable": "/bin/true"}, "parameter_count": 3}).json()["ids"]
     pilot = server.client(server.token(Role.PILOT, "p", vo="atlas"))
-    pilot_id = pilot.post("/api/v1/pilots", json={"cores": 1}).json()["id"]
+    registered = pilot.post("/api/v1/pilots", json={"cores": 1}).json()
+    pilot_id, pilot = registered["id"], server.client(registered["session_token"])  # pilot calls need the session
     job = pilot.post("/api/v1/pilots/match", json={"pilot_id": pilot_id}).json()["job"]
     for job_id in ids[:2]:
         assert user.get(f"/api/v1/jobs/{job_id}").status_code == 200

@@ -30,8 +30,8 @@ def _exercise(server_url: str, tokens: dict[str, str]) -> tuple[list[int], str]:
         assert c.get("/api/v1/jobs", headers=_bearer(tokens["user"] + "x")).status_code == 401  # wrong secret
         r = c.post("/api/v1/pilots", json={"cores": 1, "hostname": "wn01"}, headers=_bearer(tokens["pilot"]))
         assert r.status_code == 201, r.text
-        pilot_id = r.json()["id"]
-        r = c.post("/api/v1/pilots/match", json={"pilot_id": pilot_id}, headers=_bearer(tokens["pilot"]))
+        pilot_id, session = r.json()["id"], r.json()["session_token"]
+        r = c.post("/api/v1/pilots/match", json={"pilot_id": pilot_id}, headers=_bearer(session))
         assert r.status_code == 200, r.text
         assert c.get("/metrics", headers=_bearer(tokens["admin"])).status_code == 200
         assert c.get("/api/v1/health", headers={"X-Request-ID": "trace-me-42"}).headers["x-request-id"] == "trace-me-42"

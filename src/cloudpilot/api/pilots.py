@@ -80,9 +80,16 @@ def register(body: RegisterBody, principal: PrincipalDep, services: ServicesDep)
         site=body.site,
         cloud=body.cloud,
     )
-    return json_response(
-        {"id": reg.pilot_id, "lease_seconds": reg.lease_seconds, "heartbeat_seconds": reg.heartbeat_seconds}, 201
-    )
+    answer = {
+        "id": reg.pilot_id,
+        "lease_seconds": reg.lease_seconds,
+        "heartbeat_seconds": reg.heartbeat_seconds,
+        # The credential of every later call of this pilot; the registration token is done with.
+        "session_token": reg.session_token,
+        # The pilot caps what it unpacks of an input sandbox at 10x this (docs/pilot.md).
+        "max_sandbox_bytes": services.config.storage.max_sandbox_bytes,
+    }
+    return json_response(answer, 201)
 
 
 @router.post(

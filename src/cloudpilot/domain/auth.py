@@ -28,6 +28,8 @@ class Principal:
     vo: str | None = None
     site: str | None = None
     vm_id: str | None = None  # a pilot token minted for one VM
+    pilot_id: str | None = None  # a pilot session: the one pilot this token acts for
+    expires_at: float | None = None
 
     @property
     def is_admin(self) -> bool:

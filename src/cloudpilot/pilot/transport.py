@@ -92,7 +92,12 @@ class HttpTransport:
     # --- the calls ------------------------------------------------------------------------------------------
 
     def register(self, info: dict[str, Any]) -> dict[str, Any]:
-        return self._json("POST", "/pilots", info)
+        answer = self._json("POST", "/pilots", info)
+        session = answer.pop("session_token", None)
+        if isinstance(session, str) and session:
+            # Every later call goes with the session bound to this pilot; the registration token is forgotten.
+            self._auth = f"Bearer {session.strip()}"
+        return answer
 
     def match(self, offer: dict[str, Any]) -> dict[str, Any] | None:
         wait = float(offer.get("wait_seconds") or 0)

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from typing import NoReturn
 
 from cloudpilot.domain.auth import Principal, Role
 from cloudpilot.services.errors import Forbidden, Unauthenticated
+from cloudpilot.store.errors import TokenReused
 from cloudpilot.store.tokens import TokenRepository, parse_token
 
 CACHE_SECONDS = 5.0  # a revoked token stops working within this long
+REUSED = "this VM's registration token was already exchanged for a pilot session: it registers one pilot only"
 
 
 class Authenticator:
-    def __init__(self, tokens: TokenRepository) -> None:
+    """``on_reuse(vm_id, now)`` records a VM registration token presented again (a security event)."""
+
+    def __init__(self, tokens: TokenRepository, on_reuse: Callable[[str, float], None] | None = None) -> None:
         self.tokens = tokens
+        self.on_reuse = on_reuse
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
 
@@ -30,7 +37,10 @@ class Authenticator:
             return hit[0]
         if parse_token(token) is None:
             raise Unauthenticated("malformed token: cloudpilot tokens look like cp_<id>_<secret>")
-        principal = self.tokens.authenticate(token, now)
+        try:
+            principal = self.tokens.authenticate(token, now)
+        except TokenReused as exc:
+            self.reused(exc.vm_id, now)
         if principal is None:
             raise Unauthenticated("invalid token: unknown, wrong, expired or revoked")
         with self._lock:
@@ -42,6 +52,17 @@ class Authenticator:
     def forget(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    def evict(self, token_id: str) -> None:
+        """Drop the cached principal of one token (a VM token just exchanged for a session)."""
+        with self._lock:
+            self._cache = {k: v for k, v in self._cache.items() if v[0].token_id != token_id}
+
+    def reused(self, vm_id: str, now: float) -> NoReturn:
+        """A VM's used registration token came back: record it on the VM, then refuse (401)."""
+        if self.on_reuse is not None:
+            self.on_reuse(vm_id, now)
+        raise Unauthenticated(REUSED)
 
 
 def require(principal: Principal, *roles: Role) -> None:

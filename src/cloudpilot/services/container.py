@@ -21,6 +21,7 @@ from cloudpilot.services.matcher import MatchService
 from cloudpilot.services.pilots import PilotService
 from cloudpilot.services.provisioner import Provisioner
 from cloudpilot.services.reaper import LeaseReaper
+from cloudpilot.services.sessions import PilotSessions
 from cloudpilot.services.site_control import SiteControl
 from cloudpilot.services.site_policy import SitePolicy
 from cloudpilot.services.vm_activity import VMActivity
@@ -91,17 +92,21 @@ class Services:
 
         images = ImageService(config, ImageRepository(db), vm_repo, data_dir, drain=drain)
         waiting_reasons = WaitingReasonRepository(db)
+        activity = VMActivity(vm_repo)
+        auth = Authenticator(tokens, on_reuse=activity.token_reused)  # a VM token presented again is recorded
         services = cls(
             config=config,
             data_dir=data_dir,
             db=db,
             clock=clock or SystemClock(),
             tokens=tokens,
-            auth=Authenticator(tokens),
+            auth=auth,
             sandbox_store=sandbox_store,
             sandbox_records=SandboxRepository(db),
             jobs=job_service,
-            pilots=PilotService(job_repo, pilot_repo, matcher, config, VMActivity(vm_repo), site_policy),
+            pilots=PilotService(
+                job_repo, pilot_repo, matcher, config, PilotSessions(tokens, auth), activity, site_policy
+            ),
             matcher=matcher,
             reaper=LeaseReaper(job_repo, config, on_requeue=lambda: services.new_work()),
             vms=vm_repo,

@@ -1,8 +1,9 @@
 """Pilots' use cases: register, ask for work, heartbeat, upload, report, halt.
 
-Checks run in this order so each refusal names the right cause: the job exists (404), it belongs to the
-pilot's VO (403), the lease token is the current one (409: a late report of a lost pilot), and the pilot
-holding that lease is this token's (403).
+Every call but the registration needs the pilot session the registration answered (services/sessions.py), and
+acts for that session's pilot only. Checks run in this order so each refusal names the right cause: the job
+exists (404), it belongs to the pilot's VO (403), the lease token is the current one (409: a late report of a
+lost pilot), and the lease is held by this session's pilot (403).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Principal, Role
@@ -21,6 +22,7 @@ from cloudpilot.domain.times import iso
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden
 from cloudpilot.services.matcher import MatchService
+from cloudpilot.services.sessions import PilotSessions
 from cloudpilot.services.site_policy import SitePolicy, VODisabled
 from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.store.errors import NotFound
@@ -33,6 +35,7 @@ class Registration:
     pilot_id: str
     lease_seconds: float
     heartbeat_seconds: float
+    session_token: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,16 +67,17 @@ class PilotService:
         pilots: PilotRepository,
         matcher: MatchService,
         config: ServerConfig,
+        sessions: PilotSessions,
         vm_activity: VMActivity | None = None,
         site_policy: SitePolicy | None = None,
     ) -> None:
+        self.sessions = sessions
         self.vm_activity = vm_activity
         self.site_policy = site_policy
         self.jobs = jobs
         self.pilots = pilots
         self.matcher = matcher
         self.config = config
-        self._owners: dict[str, str] = {}  # pilot id -> token id; pilots never change hands
         self._seen: dict[str, float] = {}  # hand-started pilot id -> when its last_seen_at was written
         self._lock = threading.Lock()
 
@@ -89,9 +93,11 @@ class PilotService:
         cloud: str | None,
     ) -> Registration:
         require(principal, Role.PILOT)
+        pilot_id = secrets.token_hex(8)
+        # The token is exchanged first: a second registration with a VM's token is refused even for a dead VM.
+        session = self.sessions.open(principal, pilot_id, now)
         if principal.vm_id is not None and self.vm_activity is not None:
             self.vm_activity.pilot_registered(principal.vm_id, now)
-        pilot_id = secrets.token_hex(8)
         self.pilots.register(
             PilotRecord(
                 id=pilot_id,
@@ -110,17 +116,14 @@ class PilotService:
                 vm_id=principal.vm_id,
             )
         )
-        with self._lock:
-            self._owners[pilot_id] = principal.token_id
         ids = {"pilot_id": pilot_id, "vm_id": principal.vm_id, "vo": principal.vo, "cloud": cloud, "site": site}
         log.info("pilot %s registered (%d cores, host %s)", pilot_id, cores, hostname, extra=ids)
         lease = self.config.lease
-        return Registration(pilot_id, lease.seconds, min(lease.heartbeat_seconds, lease.seconds / 3))
+        return Registration(pilot_id, lease.seconds, min(lease.heartbeat_seconds, lease.seconds / 3), session)
 
     def match(self, principal: Principal, pilot_id: str, offer: Offer, now: float) -> MatchAnswer:
         """Check the site's permission for the next job, then hand out the best job that fits, if any."""
-        require(principal, Role.PILOT)
-        self._check_owner(principal, pilot_id, field="pilot_id")
+        self._check_pilot(principal, pilot_id, now)
         activity, vm_id = self.vm_activity, principal.vm_id
         vm = None
         if activity is not None and vm_id is not None:
@@ -181,6 +184,7 @@ class PilotService:
         progress: str | None,
     ) -> Heartbeat:
         self._held(principal, job_id, lease_token, allow_killed=True)
+        self.sessions.renew(principal, now)
         shutdowntime = None
         if principal.vm_id is not None and self.vm_activity is not None:
             shutdowntime = self.vm_activity.heartbeat(principal.vm_id, now)
@@ -234,39 +238,28 @@ class PilotService:
         )
 
     def halt(self, principal: Principal, pilot_id: str, code: int, message: str, now: float) -> None:
-        require(principal, Role.PILOT)
-        self._check_owner(principal, pilot_id, field=None)
+        self._check_pilot(principal, pilot_id, now)
         self.pilots.halt(pilot_id, code, message, now)
+        self.sessions.close(pilot_id, now)
         if principal.vm_id is not None and self.vm_activity is not None:
             self.vm_activity.pilot_halted(principal.vm_id, code, message, now)
 
     # --- checks -----------------------------------------------------------------------------------------
 
-    def _owner_of(self, pilot_id: str) -> str:
-        with self._lock:
-            owner = self._owners.get(pilot_id)
-        if owner is None:
-            owner = self.pilots.get(pilot_id).token_id
-            with self._lock:
-                self._owners[pilot_id] = owner
-        return owner
-
-    def _check_owner(self, principal: Principal, pilot_id: str, field: str | None) -> None:
-        try:
-            owner = self._owner_of(pilot_id)
-        except NotFound as exc:
-            raise BadInput(f"pilot {pilot_id} is not registered (POST /api/v1/pilots first)", field) from exc
-        if owner != principal.token_id and not principal.is_admin:
-            raise Forbidden(f"pilot {pilot_id} was registered with another token")
+    def _check_pilot(self, principal: Principal, pilot_id: str, now: float) -> None:
+        own = PilotSessions.pilot_of(principal)
+        if own != pilot_id:
+            raise Forbidden(f"this session belongs to pilot {own}, not to pilot {pilot_id}")
+        self.sessions.renew(principal, now)
 
     def _held(self, principal: Principal, job_id: int, lease_token: int, allow_killed: bool = False) -> Job:
-        require(principal, Role.PILOT)
+        own = PilotSessions.pilot_of(principal)
         job = self.jobs.get(job_id)
         if principal.vo is not None and job.vo != principal.vo:
             raise Forbidden(f"job {job_id} belongs to VO {job.vo}, not to this pilot's VO {principal.vo}")
         killed_now = allow_killed and job.state is JobState.KILLED and job.attempts == lease_token
         if not killed_now:
             job.check_lease(lease_token)
-        if job.pilot_id is None or self._owner_of(job.pilot_id) != principal.token_id:
-            raise Forbidden(f"job {job_id} is not held by a pilot of this token")
+        if job.pilot_id != own:
+            raise Forbidden(f"job {job_id} is not leased to this pilot ({own})")
         return job

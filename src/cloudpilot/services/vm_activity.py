@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 from cloudpilot.domain.vms import VM, VMState
 from cloudpilot.services import metrics
 from cloudpilot.services.errors import Forbidden
@@ -9,6 +12,9 @@ from cloudpilot.store.errors import NotFound
 from cloudpilot.store.vms import VMRepository
 
 ALIVE = frozenset({VMState.BOOTING, VMState.RUNNING, VMState.DRAINING})
+TOKEN_REUSED = "security: its registration token was presented again after its pilot registered; refused"
+
+log = logging.getLogger("cloudpilot.security")
 
 
 class VMActivity:
@@ -30,6 +36,13 @@ class VMActivity:
             metrics.vm_booted(vm.cloud, vm.created_at, now)
         else:
             self.vms.touch(vm_id, now)
+
+    def token_reused(self, vm_id: str, now: float) -> None:
+        """Someone holds a copy of the VM's one-time token (a payload read it, or the user-data leaked): keep
+        it in the VM's history and log it; the caller refuses the request."""
+        log.warning("VM %s: %s", vm_id, TOKEN_REUSED, extra={"vm_id": vm_id})
+        with contextlib.suppress(NotFound):  # a VM since forgotten: the log line is all there is to keep
+            self.vms.note(vm_id, now, TOKEN_REUSED)
 
     def vm_for_work(self, vm_id: str) -> VM | None:
         """The VM, if it may take new work: a draining VM (or one being stopped) gets no new job; its pilot

@@ -2,7 +2,8 @@
 
 StoreError
 ├── NotFound        no row with that id (or not visible to the caller)
-└── Conflict        the row changed state under the caller (e.g. a final job)
+├── Conflict        the row changed state under the caller (e.g. a final job)
+└── TokenReused     a VM's one-time registration token presented again
 """
 
 
@@ -16,3 +17,12 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     pass
+
+
+class TokenReused(StoreError):
+    """A VM's registration token, already exchanged for a pilot session, presented again."""
+
+    def __init__(self, token_id: str, vm_id: str) -> None:
+        super().__init__(f"the registration token {token_id} of VM {vm_id} was already used")
+        self.token_id = token_id
+        self.vm_id = vm_id

@@ -76,6 +76,16 @@ def _waiting_reasons(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.waiting_reasons])
 
 
+def _pilot_sessions(conn: Connection) -> None:
+    for column, ddl in [
+        ("pilot_id", "VARCHAR(64)"),
+        ("parent_id", "VARCHAR(32)"),
+        ("used_at", "FLOAT"),
+        ("renew_until", "FLOAT"),
+    ]:
+        _add_column(conn, "tokens", column, ddl)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
     (2, "VMs and their history; tokens and pilots bound to a VM", _vms),
@@ -83,6 +93,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "image lists: subscriptions, held images, revocations; the image a task queue requires", _image_lists),
     (5, "clusters of services; the cluster and service of a VM", _clusters),
     (6, "why each task queue's jobs wait, as the provisioner explained it", _waiting_reasons),
+    (7, "pilot sessions: tokens bound to one pilot; one-time VM registration tokens", _pilot_sessions),
 ]
 
 LATEST = max(version for version, _, _ in MIGRATIONS)  # steps may be added out of order

@@ -40,6 +40,12 @@ tokens = Table(
     Column("expires_at", Float),
     Column("revoked_at", Float),
     Column("vm_id", String(64)),  # a pilot token minted for one VM (migration 2)
+    # Pilot sessions (migration 7): a registration exchanges a pilot token for a session token bound to the new
+    # pilot; a VM's token registers once (``used_at``). ``renew_until`` caps a session's sliding expiry.
+    Column("pilot_id", String(64)),
+    Column("parent_id", String(32)),
+    Column("used_at", Float),
+    Column("renew_until", Float),
 )
 
 task_queues = Table(

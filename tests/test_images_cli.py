@@ -104,7 +104,7 @@ def test_subscribe_list_revoke_clouds_and_job_through_the_cli(
     spec.write_text(json.dumps(job))
     submitted = run(["submit", str(spec)], server.url, user)
     assert submitted.exit_code == 0, submitted.output
-    job_id = submitted.output.split()[0]
+    job_id = submitted.stdout.split()[0]  # a warning (no cloud boots el9-a yet) goes to stderr
     time.sleep(1)
     shown = run(["job", job_id], server.url, user)
     assert "no VM can be booted for it: image el9-a is revoked" in shown.output

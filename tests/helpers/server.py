@@ -14,6 +14,7 @@ import pytest
 import uvicorn
 
 from cloudpilot.api.app import create_app
+from cloudpilot.api.http_server import uvicorn_options
 from cloudpilot.clouds.errors import CloudConfigError
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Role
@@ -67,7 +68,13 @@ def start_server(config: ServerConfig, data_dir: Path, port: int | None = None) 
     port = port or free_port()
     # Long polls of pilots still running would hold a graceful shutdown for their whole wait: cut it short.
     settings = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", access_log=False, timeout_graceful_shutdown=1
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+        **uvicorn_options(config),
     )
     server = uvicorn.Server(settings)
     thread = threading.Thread(target=server.run, daemon=True)

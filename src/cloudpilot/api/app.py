@@ -14,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 from cloudpilot import __version__
 from cloudpilot.api import accounting, clusters, images, jobs, mjf, pilot_zipapp, pilots, sites, tokens, vms
 from cloudpilot.api.errors import install_error_handlers
+from cloudpilot.api.guard import RequestGuard
 from cloudpilot.api.metrics import router as metrics_router
 from cloudpilot.api.middleware import RequestMiddleware
 from cloudpilot.api.notify import WorkNotifier
@@ -104,6 +105,8 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     app.state.services = services
     app.state.notifier = notifier
     install_error_handlers(app)
+    # Inside RequestMiddleware, so refused bodies and URLs are counted and logged like any other request.
+    app.add_middleware(RequestGuard, max_body_bytes=services.config.server.max_body_bytes)
     app.add_middleware(RequestMiddleware)
     app.include_router(jobs.router)
     app.include_router(pilots.router)

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
+from cloudpilot.api.params import ClusterId
 from cloudpilot.api.responses import error_body, json_response
 from cloudpilot.domain.clusters import ClusterDefinition, InstanceReport
 from cloudpilot.domain.vms import VMState
@@ -23,7 +24,7 @@ router = APIRouter(prefix="/api/v1", tags=["clusters"])
 
 class ScaleBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    instances: int = Field(ge=0)
+    instances: int = Field(ge=0, le=10_000)
 
 
 class ReadyBody(BaseModel):
@@ -104,13 +105,13 @@ def list_clusters(principal: PrincipalDep, services: ServicesDep) -> Response:
 
 
 @router.get("/clusters/{cluster_id}", summary="A cluster: each service's instances and their states")
-def get_cluster(cluster_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def get_cluster(cluster_id: ClusterId, principal: PrincipalDep, services: ServicesDep) -> Response:
     return json_response(cluster_json(services.clusters.get(principal, cluster_id)))
 
 
 @router.patch("/clusters/{cluster_id}/services/{service}", summary="Scale a service within its min and max")
 def scale_service(
-    cluster_id: int, service: str, body: ScaleBody, principal: PrincipalDep, services: ServicesDep
+    cluster_id: ClusterId, service: str, body: ScaleBody, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
     view = services.clusters.scale(principal, cluster_id, service, body.instances, services.clock.now())
     services.new_work()
@@ -118,7 +119,7 @@ def scale_service(
 
 
 @router.delete("/clusters/{cluster_id}", summary="Tear a cluster down, in reverse start order")
-def delete_cluster(cluster_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def delete_cluster(cluster_id: ClusterId, principal: PrincipalDep, services: ServicesDep) -> Response:
     view = services.clusters.delete(principal, cluster_id, services.clock.now())
     services.new_work()
     return json_response(cluster_json(view), 202)
@@ -126,7 +127,7 @@ def delete_cluster(cluster_id: int, principal: PrincipalDep, services: ServicesD
 
 @router.post("/clusters/{cluster_id}/instances/{vm_id}/ready", summary="A cluster VM's agent reports in")
 def instance_ready(
-    cluster_id: int, vm_id: str, body: ReadyBody, principal: PrincipalDep, services: ServicesDep
+    cluster_id: ClusterId, vm_id: str, body: ReadyBody, principal: PrincipalDep, services: ServicesDep
 ) -> Response:
     try:
         report = InstanceReport(body.address, body.port, body.hostname)
@@ -141,7 +142,7 @@ def instance_ready(
 
 
 @router.post("/clusters/{cluster_id}/instances/{vm_id}/heartbeat", summary="A cluster VM's agent is alive")
-def instance_heartbeat(cluster_id: int, vm_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
+def instance_heartbeat(cluster_id: ClusterId, vm_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
     try:
         services.clusters.heartbeat(principal, cluster_id, vm_id, services.clock.now())
     except NotYet as exc:

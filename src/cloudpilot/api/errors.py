@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cloudpilot.api.responses import error_body, json_response
@@ -35,9 +36,9 @@ def validation_error(exc: ValidationError | RequestValidationError, prefix: str 
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    def handler(status: int, code: str):  # type: ignore[no-untyped-def]
+    def handler(status: int, code: str, message: str | None = None):  # type: ignore[no-untyped-def]
         async def handle(_request: Request, exc: Exception) -> Response:
-            return json_response(error_body(code, str(exc), getattr(exc, "field", None)), status)
+            return json_response(error_body(code, message or str(exc), getattr(exc, "field", None)), status)
 
         return handle
 
@@ -52,6 +53,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BadInput, handler(422, "invalid"))
     app.add_exception_handler(InvalidJobSpec, handler(422, "invalid"))
     app.add_exception_handler(StorageError, handler(400, "bad_request"))
+    # A safety net under the bounds of every model (api/params.py): a value the database cannot hold (a NUL
+    # on PostgreSQL, an integer past 64 bits) is the caller's 422, not a 500; the transaction rolled back.
+    app.add_exception_handler(DataError, handler(422, "invalid", "a value is out of range or cannot be stored"))
+    app.add_exception_handler(OverflowError, handler(422, "invalid", "a number is out of range"))
 
     async def on_validation(_request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError | ValidationError)

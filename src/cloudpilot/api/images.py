@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
+from cloudpilot.api.params import SubscriptionId
 from cloudpilot.api.responses import json_response
 from cloudpilot.domain.auth import Role
 from cloudpilot.services.auth import require
@@ -70,19 +71,19 @@ async def subscribe(body: SubscribeBody, principal: PrincipalDep, services: Serv
 
 
 @router.post("/subscriptions/{sub_id}/refresh", summary="Fetch a subscribed list again now (admin, site admin)")
-async def refresh(sub_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+async def refresh(sub_id: SubscriptionId, principal: PrincipalDep, services: ServicesDep) -> Response:
     done = await run_in_threadpool(services.images.refresh, sub_id, services.clock.now(), principal)
     return json_response({**_subscription(done.subscription), "changed": done.changed})
 
 
 @router.get("/subscriptions/{sub_id}/list", summary="The list held, as verified, and its signature")
-def held_list(sub_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def held_list(sub_id: SubscriptionId, principal: PrincipalDep, services: ServicesDep) -> Response:
     document, signature = services.images.held_list(principal, sub_id)
     return json_response({"list": document, "signature": signature})
 
 
 @router.delete("/subscriptions/{sub_id}", summary="Unsubscribe: its images are no longer endorsed")
-def unsubscribe(sub_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def unsubscribe(sub_id: SubscriptionId, principal: PrincipalDep, services: ServicesDep) -> Response:
     return json_response(_subscription(services.images.unsubscribe(principal, sub_id)))
 
 

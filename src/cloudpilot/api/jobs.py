@@ -13,29 +13,56 @@ from starlette.concurrency import run_in_threadpool
 
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
 from cloudpilot.api.errors import validation_error
+from cloudpilot.api.guard import BAD_TEXT, bad_text_field
+from cloudpilot.api.params import AfterId, JobId
 from cloudpilot.api.responses import job_json, json_response
 from cloudpilot.api.uploads import receive_sandbox
 from cloudpilot.domain.auth import Role
 from cloudpilot.domain.jobs import JobSpec, JobState, ParametricSpec, expand_parametric
 from cloudpilot.services.auth import require
-from cloudpilot.services.errors import BadInput
+from cloudpilot.services.errors import BadInput, TooMany
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
+MAX_EXPANDED_BYTES = 256 << 20  # what a parametric job may expand to, beyond its own body
 
 
-def parse_submission(body: bytes, content_type: str) -> list[JobSpec]:
-    """One job, a list of jobs, or a parametric job, as JSON or YAML."""
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases: ``*name`` repeats a node without repeating its bytes, so a small body could stand
+    for any number of jobs or arguments."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise BadInput("YAML aliases (*name) are not accepted in a submission: write each value out")
+        return super().compose_node(parent, index)
+
+
+def parse_submission(body: bytes, content_type: str, max_jobs: int) -> list[JobSpec]:
+    """One job, a list of jobs, or a parametric job, as JSON or YAML. How many jobs the body asks for is
+    checked against ``max_jobs`` before anything is expanded or validated (:class:`TooMany`, a 413)."""
     try:
-        data: Any = yaml.safe_load(body) if "yaml" in content_type else orjson.loads(body)
+        data: Any = yaml.load(body, Loader=_NoAliases) if "yaml" in content_type else orjson.loads(body)
     except (orjson.JSONDecodeError, yaml.YAMLError) as exc:
         raise BadInput(f"the body is not valid {'YAML' if 'yaml' in content_type else 'JSON'}: {exc}") from exc
+    bad = bad_text_field(data)  # JSON is checked by RequestGuard already; YAML escapes (\0) are not
+    if bad is not None:
+        raise BadInput(f"{bad + ': ' if bad else ''}{BAD_TEXT}", bad or None)
     if isinstance(data, dict) and "job" in data:
         if "parameter_count" not in data:
             raise BadInput("parameter_count: a parametric job {job, parameter_count} needs it", "parameter_count")
-        return expand_parametric(ParametricSpec.model_validate(data))
+        _check_count(data["parameter_count"], max_jobs)
+        spec = ParametricSpec.model_validate(data)
+        # Expanded, the jobs may not hold more than one body could: the limit a list of them would meet.
+        expanded = len(orjson.dumps(spec.job.model_dump(mode="json"))) * spec.parameter_count
+        if expanded > MAX_EXPANDED_BYTES:
+            raise TooMany(
+                f"expanded, these {spec.parameter_count} jobs would take {expanded} bytes, more than "
+                f"{MAX_EXPANDED_BYTES}: submit them in parts"
+            )
+        return expand_parametric(spec)
     if isinstance(data, dict):
         return [JobSpec.model_validate(data)]
     if isinstance(data, list):
+        _check_count(len(data), max_jobs)
         specs = []
         for i, item in enumerate(data):
             if not isinstance(item, dict):
@@ -48,6 +75,11 @@ def parse_submission(body: bytes, content_type: str) -> list[JobSpec]:
     raise BadInput("the body must be a job, a list of jobs, or a parametric job {job, parameter_count}")
 
 
+def _check_count(count: object, max_jobs: int) -> None:
+    if isinstance(count, int) and not isinstance(count, bool) and count > max_jobs:
+        raise TooMany(f"{count} jobs in one request; the limit is {max_jobs} (jobs.max_per_request)")
+
+
 class _Indexed(Exception):
     def __init__(self, exc: ValidationError, index: int) -> None:
         self.exc = exc
@@ -58,8 +90,9 @@ class _Indexed(Exception):
 async def submit(request: Request, principal: PrincipalDep, services: ServicesDep) -> Response:
     require(principal, Role.USER)
     body = await request.body()
-    try:
-        specs = parse_submission(body, request.headers.get("content-type", ""))
+    max_jobs = services.config.jobs.max_per_request
+    try:  # a 100,000-job submission takes seconds to validate: off the event loop, so the server answers meanwhile
+        specs = await run_in_threadpool(parse_submission, body, request.headers.get("content-type", ""), max_jobs)
     except _Indexed as wrapped:
         return validation_error(wrapped.exc, prefix=f"[{wrapped.index}]")
     now = services.clock.now()
@@ -75,7 +108,7 @@ def list_jobs(
     services: ServicesDep,
     state: JobState | None = None,
     limit: int = Query(1000, ge=1, le=10_000),
-    after_id: int = Query(0, ge=0),
+    after_id: AfterId = 0,
     name: str | None = Query(None, min_length=1, max_length=200, description="Glob: * and ?, case-insensitive."),
 ) -> Response:
     jobs = services.jobs.list(principal, state, limit, after_id, name)
@@ -106,7 +139,7 @@ def summary(principal: PrincipalDep, services: ServicesDep) -> Response:
 
 
 @router.get("/jobs/{job_id}", summary="One job with its history")
-def get_job(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def get_job(job_id: JobId, principal: PrincipalDep, services: ServicesDep) -> Response:
     job = services.jobs.get(principal, job_id)
     body = job_json(job, services.jobs.history(principal, job_id))
     # Why it waits (docs/provisioning.md, "Why a job waits"): one line, then per cloud and for pilots.
@@ -117,24 +150,24 @@ def get_job(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Resp
 
 
 @router.post("/jobs/{job_id}/kill", summary="Kill a job that is not final yet")
-def kill_job(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def kill_job(job_id: JobId, principal: PrincipalDep, services: ServicesDep) -> Response:
     return json_response(job_json(services.jobs.kill(principal, job_id, services.clock.now())))
 
 
 @router.get("/jobs/{job_id}/output", summary="The output sandbox (gzipped tar)")
-def get_output(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def get_output(job_id: JobId, principal: PrincipalDep, services: ServicesDep) -> Response:
     sandbox = services.jobs.output_sandbox(principal, job_id)
     return StreamingResponse(services.sandbox_store.open(sandbox), media_type="application/gzip")
 
 
 @router.get("/jobs/{job_id}/events", summary="The output chunks of a job's finished events")
-def list_event_chunks(job_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def list_event_chunks(job_id: JobId, principal: PrincipalDep, services: ServicesDep) -> Response:
     chunks = services.jobs.event_chunks(principal, job_id)
     return json_response({"job_id": job_id, "chunks": chunks})
 
 
 @router.get("/jobs/{job_id}/events/{first}", summary="One output chunk of finished events (gzipped tar)")
-def get_event_chunk(job_id: int, first: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def get_event_chunk(job_id: JobId, first: int, principal: PrincipalDep, services: ServicesDep) -> Response:
     sandbox = services.jobs.event_chunk_sandbox(principal, job_id, first)
     return StreamingResponse(services.sandbox_store.open(sandbox), media_type="application/gzip")
 

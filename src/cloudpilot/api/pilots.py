@@ -12,9 +12,10 @@ from starlette.concurrency import run_in_threadpool
 
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
 from cloudpilot.api.errors import validation_error
+from cloudpilot.api.params import MAX_ID, MAX_SECONDS, JobId
 from cloudpilot.api.responses import job_for_pilot, json_response
 from cloudpilot.api.uploads import receive_sandbox
-from cloudpilot.domain.jobs import JobState
+from cloudpilot.domain.jobs import MAX_INT32, JobState
 from cloudpilot.domain.matching import Offer
 from cloudpilot.services.container import Services
 
@@ -29,8 +30,8 @@ class _Body(BaseModel):
 
 class RegisterBody(_Body):
     hostname: str | None = Field(None, max_length=255)
-    cores: int = Field(1, ge=1)
-    memory_mb: int | None = Field(None, ge=1)
+    cores: int = Field(1, ge=1, le=MAX_INT32)
+    memory_mb: int | None = Field(None, ge=1, le=MAX_INT32)
     site: str | None = None
     cloud: str | None = None
     tags: list[str] = []
@@ -38,9 +39,9 @@ class RegisterBody(_Body):
 
 class MatchBody(_Body):
     pilot_id: str
-    cores: int = Field(1, ge=1)
-    memory_mb: int | None = Field(None, ge=1)
-    seconds_left: int | None = Field(None, ge=0)
+    cores: int = Field(1, ge=1, le=MAX_INT32)
+    memory_mb: int | None = Field(None, ge=1, le=MAX_INT32)
+    seconds_left: int | None = Field(None, ge=0, le=MAX_INT32)
     tags: list[str] = []
     site: str | None = None
     cloud: str | None = None
@@ -49,19 +50,19 @@ class MatchBody(_Body):
 
 
 class HeartbeatBody(_Body):
-    lease_token: int
-    cpu_seconds: float | None = Field(None, ge=0)
-    max_rss_bytes: int | None = Field(None, ge=0)
+    lease_token: int = Field(ge=0, le=MAX_ID)
+    cpu_seconds: float | None = Field(None, ge=0, le=MAX_SECONDS)
+    max_rss_bytes: int | None = Field(None, ge=0, le=MAX_ID)
     progress: str | None = None
 
 
 class ReportBody(_Body):
-    lease_token: int
+    lease_token: int = Field(ge=0, le=MAX_ID)
     state: JobState
-    exit_code: int | None = None
+    exit_code: int | None = Field(None, ge=-(2**31), le=MAX_INT32)
     reason: str | None = Field(None, max_length=2000)
-    cpu_seconds: float | None = Field(None, ge=0)
-    max_rss_bytes: int | None = Field(None, ge=0)
+    cpu_seconds: float | None = Field(None, ge=0, le=MAX_SECONDS)
+    max_rss_bytes: int | None = Field(None, ge=0, le=MAX_ID)
 
 
 class HaltBody(_Body):
@@ -150,13 +151,13 @@ async def match(request: Request) -> Response:
 
 
 @router.get("/jobs/{job_id}/input", summary="The input sandbox of a job this pilot holds")
-def get_input(job_id: int, principal: PrincipalDep, services: ServicesDep, lease_token: int = Query()) -> Response:
+def get_input(job_id: JobId, principal: PrincipalDep, services: ServicesDep, lease_token: int = Query()) -> Response:
     sandbox = services.pilots.input_sandbox(principal, job_id, lease_token)
     return StreamingResponse(services.sandbox_store.open(sandbox), media_type="application/gzip")
 
 
 @router.post("/jobs/{job_id}/heartbeat", summary="Renew the lease and report progress")
-def heartbeat(job_id: int, body: HeartbeatBody, principal: PrincipalDep, services: ServicesDep) -> Response:
+def heartbeat(job_id: JobId, body: HeartbeatBody, principal: PrincipalDep, services: ServicesDep) -> Response:
     beat = services.pilots.heartbeat(
         principal,
         job_id,
@@ -177,7 +178,7 @@ def heartbeat(job_id: int, body: HeartbeatBody, principal: PrincipalDep, service
 
 @router.put("/jobs/{job_id}/output", summary="Upload the output sandbox of a job this pilot holds")
 async def put_output(
-    job_id: int, request: Request, principal: PrincipalDep, services: ServicesDep, lease_token: int = Query()
+    job_id: JobId, request: Request, principal: PrincipalDep, services: ServicesDep, lease_token: int = Query()
 ) -> Response:
     # Check the lease before taking the bytes, and again when recording them (it may expire meanwhile).
     await run_in_threadpool(services.pilots.check_holder, principal, job_id, lease_token)
@@ -190,13 +191,13 @@ async def put_output(
 
 @router.put("/jobs/{job_id}/events", summary="Upload the output of finished events of a job this pilot holds")
 async def put_events(
-    job_id: int,
+    job_id: JobId,
     request: Request,
     principal: PrincipalDep,
     services: ServicesDep,
     lease_token: int = Query(),
-    first: int = Query(ge=0),
-    last: int = Query(ge=0),
+    first: int = Query(ge=0, le=MAX_ID),
+    last: int = Query(ge=0, le=MAX_ID),
 ) -> Response:
     await run_in_threadpool(services.pilots.check_holder, principal, job_id, lease_token)
     sandbox_id, size = await receive_sandbox(request, services, principal)
@@ -207,7 +208,7 @@ async def put_events(
 
 
 @router.post("/jobs/{job_id}/report", summary="Report the job running, done or failed")
-def report(job_id: int, body: ReportBody, principal: PrincipalDep, services: ServicesDep) -> Response:
+def report(job_id: JobId, body: ReportBody, principal: PrincipalDep, services: ServicesDep) -> Response:
     job = services.pilots.report(
         principal,
         job_id,

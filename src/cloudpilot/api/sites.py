@@ -9,8 +9,10 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
+from cloudpilot.api.params import Seconds, ShutdownId
 from cloudpilot.api.responses import json_response
 from cloudpilot.domain.auth import Role
+from cloudpilot.domain.jobs import MAX_INT32
 from cloudpilot.services.auth import require
 from cloudpilot.services.site_control import shutdown_json
 
@@ -24,7 +26,7 @@ class _Body(BaseModel):
 class ShutdownBody(_Body):
     cloud: str | None = Field(None, description="Only this cloud's VMs; unset: every cloud of the site.")
     vm_id: str | None = Field(None, description="Only this VM.")
-    deadline: float | datetime | None = Field(
+    deadline: Seconds | datetime | None = Field(
         None, description="UNIX seconds or ISO 8601 (UTC if no zone); default now + 24 h."
     )
     reason: str = Field("", max_length=1000)
@@ -42,7 +44,9 @@ class VOSwitchBody(_Body):
 
 
 class CapacityBody(_Body):
-    max_vms: int | None = Field(description="The cloud's capacity from now on; null: back to the configuration.")
+    max_vms: int | None = Field(
+        ge=0, le=MAX_INT32, description="The cloud's capacity from now on; null: back to the configuration."
+    )
 
 
 @router.get("/sites", summary="Sites this token may see: every site for an admin, its own for a site admin")
@@ -73,7 +77,7 @@ def schedule_shutdown(site: str, body: ShutdownBody, principal: PrincipalDep, se
 
 
 @router.delete("/sites/{site}/shutdowns/{shutdown_id}", summary="Cancel a scheduled shutdown")
-def cancel_shutdown(site: str, shutdown_id: int, principal: PrincipalDep, services: ServicesDep) -> Response:
+def cancel_shutdown(site: str, shutdown_id: ShutdownId, principal: PrincipalDep, services: ServicesDep) -> Response:
     shutdown = services.sites.cancel_shutdown(principal, site, shutdown_id, services.clock.now())
     return json_response(shutdown_json(shutdown))
 

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
+from cloudpilot.api.params import MAX_SECONDS
 from cloudpilot.api.responses import json_response
 from cloudpilot.domain.auth import Role
 from cloudpilot.services.auth import require
@@ -23,7 +24,7 @@ class TokenBody(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     vo: str | None = None
     site: str | None = None
-    expires_at: float | None = None
+    expires_at: float | None = Field(None, ge=0, le=MAX_SECONDS, description="UNIX seconds; must be in the future.")
 
 
 @router.post("/tokens", status_code=201, summary="Issue a token (admin); the secret is shown once")

@@ -46,6 +46,7 @@ def server(
     import uvicorn
 
     from cloudpilot.api.app import create_app
+    from cloudpilot.api.http_server import uvicorn_options
     from cloudpilot.api.logs import configure_logging
     from cloudpilot.clouds.errors import CloudConfigError
     from cloudpilot.services.container import Services
@@ -58,5 +59,6 @@ def server(
         raise typer.Exit(2) from exc
     services.public_url = f"http://{host}:{port}"
     app = create_app(services)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=log_config)
+    options = uvicorn_options(services.config)  # server.*: header and keep-alive timeouts, head size
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=log_config, **options)
 

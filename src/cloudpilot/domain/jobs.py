@@ -12,6 +12,9 @@ from cloudpilot.domain.job_states import JobState as JobState
 from cloudpilot.domain.job_states import can_transition as can_transition
 from cloudpilot.domain.job_states import check_transition as check_transition
 
+MAX_INT32 = 2**31 - 1  # memory in MB, wall seconds, counts: far beyond any real value, within every column
+MAX_PARAMETER = 2**53  # a parameter value {n} stays exact wherever it goes (JSON numbers are doubles)
+
 
 class SiteFilter(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -26,8 +29,10 @@ class Requirements(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     cores: int = Field(1, ge=1, le=1024)
-    memory_mb: int | None = Field(None, ge=1)
-    wall_seconds: int | None = Field(None, ge=1, description="Wall-time limit; the server's default applies if unset.")
+    memory_mb: int | None = Field(None, ge=1, le=MAX_INT32)
+    wall_seconds: int | None = Field(
+        None, ge=1, le=MAX_INT32, description="Wall-time limit; the server's default applies if unset."
+    )
     tags: tuple[str, ...] = ()
     sites: SiteFilter = SiteFilter()
     image: str | None = Field(
@@ -45,6 +50,7 @@ class Requirements(BaseModel):
 
 
 MAX_NAME = 200
+MAX_ITEMS = 10_000  # arguments, files: a bound, so no list in a spec is larger than any real job needs
 
 
 class JobSpec(BaseModel):
@@ -54,13 +60,15 @@ class JobSpec(BaseModel):
 
     name: str = Field("job", min_length=1, max_length=MAX_NAME)
     executable: str = Field(min_length=1, max_length=4096)
-    arguments: list[str] = []
-    environment: dict[str, str] = {}
-    input_files: list[str] = Field([], description="Names of the files in the input sandbox.")
+    arguments: list[str] = Field([], max_length=MAX_ITEMS)
+    environment: dict[str, str] = Field({}, max_length=1000)
+    input_files: list[str] = Field([], max_length=MAX_ITEMS, description="Names of the files in the input sandbox.")
     input_sandbox: str | None = Field(
         None, description="Content id of the uploaded input sandbox (set by the client when it uploads input_files)."
     )
-    output_files: list[str] = Field([], description="Globs collected from the working directory after the run.")
+    output_files: list[str] = Field(
+        [], max_length=MAX_ITEMS, description="Globs collected from the working directory after the run."
+    )
     requirements: Requirements = Requirements()
     priority: int = Field(0, ge=-1000, le=1000)
     max_attempts: int = Field(3, ge=1, le=100)
@@ -91,9 +99,9 @@ class ParametricSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     job: JobSpec
-    parameter_start: int = 0
-    parameter_count: int = Field(ge=1)
-    parameter_step: int = 1
+    parameter_start: int = Field(0, ge=-MAX_PARAMETER, le=MAX_PARAMETER)
+    parameter_count: int = Field(ge=1, le=MAX_INT32, description="Checked against jobs.max_per_request first.")
+    parameter_step: int = Field(1, ge=-MAX_PARAMETER, le=MAX_PARAMETER)
 
 
 def expand_parametric(spec: ParametricSpec) -> list[JobSpec]:

@@ -11,7 +11,7 @@ from cloudpilot.services.errors import Forbidden, Unauthenticated
 from cloudpilot.store.errors import TokenReused
 from cloudpilot.store.tokens import TokenRepository, parse_token
 
-CACHE_SECONDS = 5.0  # a revoked token stops working within this long
+CACHE_SECONDS = 5.0  # a revoked token stops working within this long (an expired one at once: see below)
 REUSED = "this VM's registration token was already exchanged for a pilot session: it registers one pilot only"
 
 
@@ -46,7 +46,11 @@ class Authenticator:
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[token] = (principal, now + CACHE_SECONDS)
+            # Never cached past its expiry: a token stops working at expires_at to the second, cache or not.
+            until = now + CACHE_SECONDS
+            if principal.expires_at is not None:
+                until = min(until, principal.expires_at)
+            self._cache[token] = (principal, until)
         return principal
 
     def forget(self) -> None:

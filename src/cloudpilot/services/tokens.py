@@ -26,4 +26,6 @@ def issue_token(
         raise BadInput(f"a {role.value} token is not scoped to a site", "site")
     if role in (Role.ADMIN, Role.SITE) and vo:
         raise BadInput(f"a {role.value} token is not scoped to a VO", "vo")
+    if expires_at is not None and expires_at <= now:
+        raise BadInput(f"expires_at {expires_at:.0f} is not in the future (now is {now:.0f})", "expires_at")
     return tokens.create(role, name, now, vo=vo, site=site, expires_at=expires_at)

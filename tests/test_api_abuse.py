@@ -1,0 +1,150 @@
+"""An API that cannot be knocked over: each abusive request gets a 4xx at once and leaves nothing behind, on
+SQLite and PostgreSQL (docs/rest-api.md, "Limits")."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from cloudpilot.config import ServerConfig
+from cloudpilot.domain.auth import Role
+from tests.helpers.server import RunningServer, ServerFactory
+
+LIMITS = {"jobs": {"max_per_request": 10}, "server": {"max_body_bytes": 4096, "header_timeout_seconds": 1,
+          "keep_alive_seconds": 1}}  # fmt: skip
+JOB = {"executable": "/bin/true"}
+
+
+@pytest.fixture
+def server(make_server: ServerFactory, db_url: str) -> RunningServer:
+    return make_server(ServerConfig.model_validate({"database_url": db_url, **LIMITS}))
+
+
+@pytest.fixture
+def user(server: RunningServer) -> httpx.Client:
+    return server.client(server.token(Role.USER, "alice", vo="lhcb"))
+
+
+def error(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    return dict(response.json()["error"])
+
+
+def no_jobs(user: httpx.Client) -> bool:
+    return user.get("/api/v1/jobs").json()["jobs"] == []
+
+
+def test_counts_are_checked_before_any_expansion(server: RunningServer, user: httpx.Client) -> None:
+    started = time.perf_counter()
+    huge = user.post("/api/v1/jobs", json={"job": JOB, "parameter_count": 1_000_000_000})
+    assert "1000000000 jobs in one request; the limit is 10" in error(huge, 413)["message"]
+    assert time.perf_counter() - started < 2
+    assert error(user.post("/api/v1/jobs", json=[JOB] * 11), 413)["code"] == "too_large"
+    beyond_64_bits = user.post("/api/v1/jobs", json={"job": JOB, "parameter_count": 10**30})
+    assert error(beyond_64_bits, 422)["field"] == "parameter_count"
+    assert user.post("/api/v1/jobs", json={"job": JOB, "parameter_count": 10}).status_code == 201
+
+
+@pytest.mark.parametrize("job_id", [2**63, 2**63 - 1, 10**30, 0, -1])
+def test_ids_beyond_any_row_are_not_found(user: httpx.Client, job_id: int) -> None:
+    assert error(user.get(f"/api/v1/jobs/{job_id}"), 404)["code"] == "not_found"
+    assert error(user.post(f"/api/v1/jobs/{job_id}/kill"), 404)["code"] == "not_found"
+
+
+def test_integers_are_bounded(server: RunningServer, user: httpx.Client) -> None:
+    assert error(user.get("/api/v1/jobs", params={"after_id": 10**30}), 400)["field"] == "after_id"
+    for requirements in ({"memory_mb": 10**30}, {"wall_seconds": 2**63}, {"cores": 1e30}):
+        assert error(user.post("/api/v1/jobs", json={**JOB, "requirements": requirements}), 422)
+    pilot = server.client(server.token(Role.PILOT, "p", vo="lhcb"))
+    r = pilot.post("/api/v1/pilots", json={"hostname": "h", "cores": 1e30})
+    assert error(r, 422)["field"] == "cores"
+    root = server.client(server.token(Role.ADMIN, "root"))
+    assert error(root.post("/api/v1/tokens", json={"role": "user", "name": "x", "vo": "v", "expires_at": 1e300}), 422)
+    assert no_jobs(user)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "field"),
+    [
+        (b'{"executable": "/bin/true", "name": "a\\u0000b"}', "application/json", "name"),
+        (b'{"executable": "/bin/true", "arguments": ["\\ud800"]}', "application/json", "arguments[0]"),
+        (b'{"executable": "/bin/true", "environment": {"A\\u0000": "1"}}', "application/json", "environment.A\x00"),
+        (b'[{"executable": "/bin/true", "name": "\\udc00x"}]', "application/json", "[0].name"),
+        (b'executable: /bin/true\nname: "a\\0b"\n', "application/yaml", "name"),
+        (b'executable: /bin/true\narguments: ["\\ud800"]\n', "application/yaml", "arguments[0]"),
+    ],
+)
+def test_nul_and_lone_surrogates_are_refused(user: httpx.Client, body: bytes, content_type: str, field: str) -> None:
+    r = user.post("/api/v1/jobs", content=body, headers={"content-type": content_type})
+    found = error(r, 422)
+    assert "NUL characters or unpaired surrogates" in found["message"]
+    assert found["field"] == field
+    assert no_jobs(user)
+
+
+def test_escaped_backslashes_and_paired_surrogates_are_fine(user: httpx.Client) -> None:
+    body = b'{"executable": "/bin/true", "name": "\\\\u0000 \\ud83d\\ude00"}'
+    r = user.post("/api/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 201, r.text
+    assert user.get(f"/api/v1/jobs/{r.json()['ids'][0]}").json()["name"] == "\\u0000 \U0001f600"
+
+
+def test_nul_in_the_url_is_refused(user: httpx.Client) -> None:
+    assert "the URL" in error(user.get("/api/v1/jobs", params={"name": "a\x00"}), 422)["message"]
+    assert error(user.get("/api/v1/images/a%00b"), 422)
+
+
+def test_bodies_are_bounded_but_sandboxes_keep_their_own_limit(user: httpx.Client) -> None:
+    big = {**JOB, "arguments": ["x" * 5000]}
+    assert "server.max_body_bytes" in error(user.post("/api/v1/jobs", json=big), 413)["message"]
+    chunked = user.post("/api/v1/jobs", content=iter([b"[", b" " * 5000, b"]"]))  # no Content-Length
+    assert error(chunked, 413)["code"] == "too_large"
+    r = user.post("/api/v1/sandboxes", content=b"\x1f\x8b" + b"0" * 8000)
+    assert r.status_code in (201, 400), r.text  # judged by the sandbox store, not the body limit
+    assert no_jobs(user)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(4096):
+            pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def test_slow_request_heads_and_idle_connections_are_closed(server: RunningServer) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port)) as silent:
+        assert _closed_within(silent, 3)  # connected, sent nothing
+    with socket.create_connection(("127.0.0.1", port)) as slow:
+        slow.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+        assert _closed_within(slow, 3)
+    with socket.create_connection(("127.0.0.1", port)) as idle:
+        idle.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b"200 OK" in idle.recv(4096)
+        assert _closed_within(idle, 3)  # keep-alive ends after server.keep_alive_seconds
+
+
+def test_token_expiry_is_exact_whatever_the_cache(server: RunningServer) -> None:
+    root = server.client(server.token(Role.ADMIN, "root"))
+    now = time.time()
+    past = root.post("/api/v1/tokens", json={"role": "user", "name": "late", "vo": "lhcb", "expires_at": now - 1})
+    assert "not in the future" in error(past, 422)["message"]
+    expires = now + 1.5
+    r = root.post("/api/v1/tokens", json={"role": "user", "name": "brief", "vo": "lhcb", "expires_at": expires})
+    brief = server.client(r.json()["token"])
+    assert brief.get("/api/v1/jobs").status_code == 200  # now cached
+    time.sleep(max(0.0, expires - time.time()) + 0.05)
+    assert error(brief.get("/api/v1/jobs"), 401)["code"] == "unauthenticated"
+
+
+def test_yaml_aliases_are_refused(user: httpx.Client) -> None:
+    body = b"- &j {executable: /bin/true, arguments: [a, b]}\n- *j\n"
+    r = user.post("/api/v1/jobs", content=body, headers={"content-type": "application/yaml"})
+    assert "aliases" in error(r, 422)["message"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import signal
 import subprocess
 import sys
@@ -27,6 +28,10 @@ class PilotProcesses:
     ) -> subprocess.Popen:
         workdir = self.base / f"pilot{len(self.procs)}"
         workdir.mkdir(parents=True)
+        if "--payload-user" not in extra:
+            # The suite's payloads run this interpreter (here under /root) in pytest's 0700 temp dirs, out of an
+            # unprivileged user's reach: tests of other things keep the pilot's own user (root or not).
+            extra = ["--payload-user", pwd.getpwuid(os.geteuid()).pw_name, *extra]
         cmd = [
             sys.executable, "-m", "cloudpilot.pilot",
             "--server", url, "--token", token,

@@ -16,6 +16,7 @@ a condition until a job frees some. It leaves when
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -29,6 +30,7 @@ from cloudpilot.pilot.config import PilotConfig
 from cloudpilot.pilot.errors import GaveUp, ProtocolError, RequestRejected, Stopped, TransportError
 from cloudpilot.pilot.features import FeatureSource
 from cloudpilot.pilot.heartbeat import heartbeat_interval
+from cloudpilot.pilot.isolation import private_dir, sweep
 from cloudpilot.pilot.jobrunner import JobEnd, JobRunner
 from cloudpilot.pilot.retry import with_retries
 from cloudpilot.pilot.site import SiteView
@@ -104,6 +106,7 @@ class Agent:
     def run(self) -> Shutdown:
         """Work until it is time to leave; then write the shutdown message, tell the server, and return it."""
         self.config.workdir.mkdir(parents=True, exist_ok=True)
+        sweep(private_dir(self.config.workdir))  # payloads an earlier pilot on this workdir left running
         self.site.load()
         self._next_refresh = self.clock() + self.config.features_refresh
         try:
@@ -154,6 +157,9 @@ class Agent:
         answer = self._retrying("register", lambda: self.transport.register(info))
         if not answer.get("id"):
             raise ProtocolError("the registration answer has no pilot id")
+        server_limit = answer.get("max_sandbox_bytes")
+        if cfg.max_unpacked_bytes is None and isinstance(server_limit, int) and server_limit > 0:
+            self.config = dataclasses.replace(cfg, max_unpacked_bytes=10 * server_limit)
         reg = Registration(
             pilot_id=str(answer["id"]),
             lease_seconds=float(answer.get("lease_seconds") or 90),

@@ -17,6 +17,7 @@ from typing import NoReturn, TextIO
 
 from cloudpilot.pilot.agent import Agent
 from cloudpilot.pilot.config import PilotConfig, detect_cores, detect_memory_mb
+from cloudpilot.pilot.isolation import make_undumpable, resolve_payload_user
 from cloudpilot.pilot.transport import HttpTransport
 
 log = logging.getLogger("cloudpilot.pilot")
@@ -31,6 +32,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", required=True, metavar="URL", help="the server's base URL, e.g. https://tq:8080")
     p.add_argument("--token", metavar="TOKEN", help=f"a pilot token (default: ${TOKEN_ENV})")
     p.add_argument("--token-file", type=Path, metavar="FILE", help="read the pilot token from this file instead")
+    p.add_argument(
+        "--delete-token-file",
+        action="store_true",
+        help="remove the token file once read (a VM's one-time registration token: no payload may find it)",
+    )
+    p.add_argument(
+        "--payload-user",
+        default=None,
+        metavar="USER",
+        help="as root, run payloads as USER (default: cloudpilot-payload if it exists, else nobody)",
+    )
+    p.add_argument(
+        "--container", default=None, metavar="apptainer:IMAGE", help="run each payload in `apptainer exec IMAGE`"
+    )
+    p.add_argument(
+        "--max-unpacked-bytes",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="fail a job whose input sandbox unpacks to more (default: 10x the server's sandbox limit)",
+    )
+    p.add_argument(
+        "--max-unpacked-entries",
+        type=_positive_int,
+        default=100_000,
+        metavar="N",
+        help="fail a job whose input sandbox has more entries",
+    )
     p.add_argument("--cores", type=_positive_int, default=None, help="cores to offer (default: all usable)")
     p.add_argument("--memory-mb", type=_positive_int, default=None, help="memory to offer (default: MemTotal)")
     p.add_argument("--idle-timeout", type=_seconds, default=600.0, metavar="S", help="leave after S s without work")
@@ -72,12 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:  # --help or a usage error: argparse has printed what to say
         return exc.code if isinstance(exc.code, int) else 2
     _setup_logging(args.log_level)
+    make_undumpable()  # before the token is read: its /proc entries are root's from the start
     token = _token(args)
+    os.environ.pop(TOKEN_ENV, None)  # not for payloads, nor for anything else this process starts
     if not token:
         parser.print_usage(sys.stderr)
         print(f"error: a pilot token is required (--token, --token-file or ${TOKEN_ENV})", file=sys.stderr)
         return 2
     try:
+        payload_user = resolve_payload_user(args.payload_user)
         transport = HttpTransport(args.server, token)
         config = PilotConfig(
             workdir=args.workdir or Path(tempfile.mkdtemp(prefix="cloudpilot-pilot-")),
@@ -95,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
             machinefeatures=args.machinefeatures,
             jobfeatures=args.jobfeatures,
             features_refresh=args.features_refresh,
+            payload_user=payload_user,
+            container=args.container,
+            max_unpacked_bytes=args.max_unpacked_bytes,
+            max_unpacked_entries=args.max_unpacked_entries,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -116,7 +152,10 @@ def _token(args: argparse.Namespace) -> str:
         return str(args.token).strip()
     if args.token_file is not None:
         try:
-            return args.token_file.read_text().strip()
+            token = args.token_file.read_text().strip()
+            if args.delete_token_file:
+                args.token_file.unlink()  # the token now lives in this process's memory only
+            return token
         except OSError as exc:
             print(f"error: cannot read the token file: {exc}", file=sys.stderr)
             return ""

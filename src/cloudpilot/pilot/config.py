@@ -7,6 +7,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cloudpilot.pilot.isolation import PayloadUser
+
 MEMINFO = Path("/proc/meminfo")
 
 
@@ -24,6 +26,7 @@ class PilotConfig:
     ``machinefeatures``, ``jobfeatures``: the Machine/Job Features bases (a directory or an http(s) URL) of this
     machine and of its job slot, ``None`` where the site offers none.
     ``features_refresh``: seconds between two readings of the features' dynamic keys (``shutdowntime``, …).
+    ``payload_user``, ``container``, ``max_unpacked_bytes``/``max_unpacked_entries``: see docs/pilot.md.
     """
 
     workdir: Path
@@ -43,6 +46,10 @@ class PilotConfig:
     jobfeatures: str | None = None
     features_refresh: float = 60.0
     hostname: str = field(default_factory=socket.gethostname)
+    payload_user: PayloadUser | None = None  # None: payloads run as the pilot's own user
+    container: str | None = None  # "apptainer:IMAGE": each payload runs in ``apptainer exec IMAGE``
+    max_unpacked_bytes: int | None = None  # None: 10x the server's sandbox limit (told at registration)
+    max_unpacked_entries: int = 100_000
 
     def __post_init__(self) -> None:
         if self.cores < 1:
@@ -51,6 +58,8 @@ class PilotConfig:
             raise ValueError(f"memory_mb must be at least 1, not {self.memory_mb}")
         if not 0 <= self.wait_seconds <= 60:
             raise ValueError(f"wait_seconds must be between 0 and 60, not {self.wait_seconds}")
+        if self.container is not None and not self.container.startswith("apptainer:"):
+            raise ValueError(f"container must be apptainer:IMAGE, not {self.container!r}")
         for name in ("idle_timeout", "give_up_seconds", "kill_grace_seconds", "features_refresh"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

@@ -9,6 +9,7 @@ PilotError                  root
 ├── Stopped                 the pilot is shutting down; the call was abandoned
 ├── ProtocolError           an answer of the server that does not have the documented shape
 └── UnsafeArchive           an input sandbox with a member that would land outside the job directory
+    └── SandboxTooLarge     an input sandbox that unpacks to more bytes or entries than the pilot allows
 """
 
 from __future__ import annotations
@@ -54,3 +55,7 @@ class ProtocolError(PilotError):
 
 class UnsafeArchive(PilotError):
     """An archive member that is absolute, contains ``..``, is a special file, or links outside its directory."""
+
+
+class SandboxTooLarge(UnsafeArchive):
+    """An input sandbox whose headers add up to more than ``--max-unpacked-bytes`` or ``--max-unpacked-entries``."""

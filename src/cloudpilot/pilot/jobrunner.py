@@ -28,9 +28,10 @@ from cloudpilot.pilot.errors import GaveUp, LeaseLost, ProtocolError, RequestRej
 from cloudpilot.pilot.events import EventUploader
 from cloudpilot.pilot.features import write_features
 from cloudpilot.pilot.heartbeat import Heartbeater
+from cloudpilot.pilot.isolation import PRIVATE_DIR, give, record, take_back
 from cloudpilot.pilot.payload import Outcome, Payload, Usage, supervise
 from cloudpilot.pilot.retry import with_retries
-from cloudpilot.pilot.sandbox import JOB_LOG, extract_safely, pack_outputs
+from cloudpilot.pilot.sandbox import JOB_LOG, UnpackLimits, extract_safely, pack_outputs
 from cloudpilot.pilot.site import SiteView
 from cloudpilot.pilot.transport import Transport
 
@@ -39,10 +40,13 @@ T = TypeVar("T")
 
 # Variables of the pilot that a payload must not inherit.
 PRIVATE_ENV = ("CLOUDPILOT_TOKEN",)
-# What the pilot keeps in a job's directory for its payload; never part of the outputs.
+# What the pilot keeps in a job's directory for its payload; never part of the outputs. (The job features live
+# beside the job directory: the pilot rewrites them while the payload runs, never inside a directory the
+# payload user owns.)
 JOBFEATURES_DIR = ".jobfeatures"
 CHECKPOINT_FILE = ".cloudpilot-checkpoint"
-PILOT_FILES = frozenset({JOBFEATURES_DIR, CHECKPOINT_FILE})
+PROGRESS_FILE = ".cloudpilot-progress"
+PILOT_FILES = frozenset({JOBFEATURES_DIR, CHECKPOINT_FILE, PROGRESS_FILE})
 
 
 class JobEnd(enum.Enum):
@@ -84,11 +88,12 @@ class JobRunner:
         self.clock, self.wall_clock, self.sleep, self.stop_all = clock, wall_clock, sleep, stop
         self.on_cores_free, self.on_end = on_cores_free, on_end
         self.job_dir = config.workdir / self.job.label
-        self.jobfeatures_dir = self.job_dir / JOBFEATURES_DIR
+        self.private = config.workdir / PRIVATE_DIR
+        self.jobfeatures_dir = config.workdir / f"{self.job.label}.jobfeatures"
         self.checkpoint_file = self.job_dir / CHECKPOINT_FILE
-        self.progress_file = config.workdir / f"{self.job.label}.progress"
-        self.archive = config.workdir / f"{self.job.label}.output.tar.gz"
-        self.events_archive = config.workdir / f"{self.job.label}.events.tar.gz"
+        self.progress_file = self.job_dir / PROGRESS_FILE
+        self.archive = self.private / f"{self.job.label}.output.tar.gz"
+        self.events_archive = self.private / f"{self.job.label}.events.tar.gz"
         self.end: JobEnd | None = None
         self.abort_reason: str | None = None
         self._abort = threading.Event()
@@ -210,11 +215,12 @@ class JobRunner:
     def _fetch_input(self) -> str | None:
         """Download and unpack the input sandbox; the reason the job cannot run, or ``None``."""
         job = self.job
-        archive = self.config.workdir / f"{job.label}.input.tar.gz"
+        archive = self.private / f"{job.label}.input.tar.gz"
         try:
             token = self.lease.token
             self._deliver("download the input", lambda: self.transport.download_input(job.id, token, archive))
-            files = extract_safely(archive, self.job_dir)
+            limits = UnpackLimits(self.config.max_unpacked_bytes, self.config.max_unpacked_entries)
+            files = extract_safely(archive, self.job_dir, limits)
             log.info("%s: input sandbox unpacked (%d files)", job.label, len(files))
             return None
         except RequestRejected as exc:
@@ -233,13 +239,17 @@ class JobRunner:
             self._started_at = self.wall_clock()
             write_features(self.jobfeatures_dir, self._job_features())
             self._features_live = True
+        user = self.config.payload_user
         try:
+            log_path.touch()
+            give(self.job_dir, user)  # the payload user's from here until its tree is gone
             payload = self._payload = Payload.start(
-                [self._executable(), *job.arguments],
+                self._command(),
                 cwd=self.job_dir,
                 env=self._environment(),
                 log_path=log_path,
                 progress_file=self.progress_file,
+                user=user,
             )
         except OSError as exc:
             with self._features_lock:
@@ -250,6 +260,7 @@ class JobRunner:
         if job.events is not None:
             self._events = self._event_uploader()
             self._events.start()
+        pid_record = record(self.private, payload.pid)
         try:
             return supervise(
                 payload,
@@ -261,6 +272,9 @@ class JobRunner:
         finally:
             with self._features_lock:
                 self._features_live = False
+            if payload.poll() is not None:
+                pid_record.unlink(missing_ok=True)
+                take_back(self.job_dir, user)
 
     def _job_features(self) -> dict[str, str | None]:
         job, cfg = self.job, self.config
@@ -297,6 +311,15 @@ class JobRunner:
             label=job.label,
         )
 
+    def _command(self) -> list[str]:
+        """The payload's argv, inside ``apptainer exec`` with ``--container apptainer:IMAGE``."""
+        argv = [self._executable(), *self.job.arguments]
+        container = self.config.container
+        if container is None:
+            return argv
+        image = container.removeprefix("apptainer:")
+        return ["apptainer", "exec", "--pwd", str(self.job_dir), "--bind", str(self.job_dir), image, *argv]
+
     def _executable(self) -> str:
         """A bare name that is a file of the input sandbox runs from there; anything else is looked up on PATH."""
         exe = self.job.executable
@@ -309,6 +332,9 @@ class JobRunner:
         env["CLOUDPILOT_JOB_ID"] = str(self.job.id)
         env["CLOUDPILOT_PROGRESS_FILE"] = str(self.progress_file)
         env["CLOUDPILOT_CORES"] = str(self.job.cores)
+        user = self.config.payload_user
+        if user is not None:  # its own account: nothing of root's home or temp space
+            env.update(HOME=str(self.job_dir), TMPDIR=str(self.job_dir), USER=user.name, LOGNAME=user.name)
         env["JOBFEATURES"] = str(self.jobfeatures_dir)
         env["MACHINEFEATURES"] = str(self.site.mirror_dir)
         if self.job.events is not None:
@@ -362,6 +388,7 @@ class JobRunner:
     def _clean_up(self) -> None:
         for path in (self.archive, self.events_archive, self.progress_file):
             path.unlink(missing_ok=True)
+        shutil.rmtree(self.jobfeatures_dir, ignore_errors=True)
         if not self.config.keep_job_dirs:
             shutil.rmtree(self.job_dir, ignore_errors=True)
 

@@ -1,6 +1,9 @@
 """Running one payload: its own session and process group, a wall-time limit, CPU and memory sampling.
 
-The payload's stdout and stderr go to ``job.log``. Stopping it means SIGTERM to the whole group, then SIGKILL
+The payload runs under a small supervisor (:mod:`cloudpilot.pilot.supervisor`) that leads its process group and
+takes the payload's whole tree down when the pilot dies, SIGKILL included; the supervisor exits with the
+payload's status, so to the pilot it *is* the payload. The payload's stdout and stderr go to ``job.log``.
+Stopping it means SIGTERM to the whole group, then SIGKILL
 after a grace period, so grandchildren die with it. The leader is reaped with ``wait4`` to get the CPU time of
 everything it waited for. Memory comes from ``/proc`` only: the leader's high-water mark twice a second, the
 whole group every few seconds. (``ru_maxrss`` is no use here: Linux counts in it the pilot's own memory, which
@@ -10,16 +13,21 @@ the child shares between fork and exec.)
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
+import shutil
 import signal
+import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cloudpilot.pilot import procfs
+from cloudpilot.pilot import procfs, supervisor
+from cloudpilot.pilot.isolation import PayloadUser
 
 PROGRESS_LIMIT = 200
 WALL_TIME_EXCEEDED = "wall time exceeded"
@@ -82,8 +90,11 @@ class Outcome:
 class Payload:
     """A running payload process and its process group (whose id is the leader's pid)."""
 
-    def __init__(self, process: subprocess.Popen[bytes], progress_file: Path | None = None) -> None:
+    def __init__(
+        self, process: subprocess.Popen[bytes], progress_file: Path | None = None, report: int | None = None
+    ) -> None:
         self._process = process
+        self._report = report  # the read end of the supervisor's pipe: the leader's peak memory
         self.pid = process.pid
         self.progress_file = progress_file
         self._lock = threading.Lock()
@@ -100,20 +111,35 @@ class Payload:
         env: Mapping[str, str],
         log_path: Path,
         progress_file: Path | None = None,
+        user: PayloadUser | None = None,
     ) -> Payload:
-        """Start ``argv`` in ``cwd`` in a new session; ``OSError`` if it cannot be executed."""
-        with open(log_path, "ab") as log:
-            process = subprocess.Popen(
-                list(argv),
-                cwd=cwd,
-                env=dict(env),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                close_fds=True,
-            )
-        return cls(process, progress_file)
+        """Start ``argv`` in ``cwd`` in a new session, as ``user`` if given; ``OSError`` if it cannot be executed
+        (checked here, as the pilot: the supervisor could only report an exit code)."""
+        if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
+            raise FileNotFoundError(2, "no such executable file", argv[0])
+        ids = ["-", "0", ""] if user is None else [str(user.uid), str(user.gid), ",".join(map(str, user.groups))]
+        report_r, report_w = os.pipe()
+        source = _supervisor_source()
+        wrapped = [sys.executable, "-I", "-S", "-c", source, str(os.getpid()), str(report_w), *ids, "--", *argv]
+        try:
+            with open(log_path, "ab") as log:
+                process = subprocess.Popen(
+                    wrapped,
+                    cwd=cwd,
+                    env=dict(env),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    close_fds=True,
+                    pass_fds=(report_w,),
+                )
+        except OSError:
+            os.close(report_r)
+            raise
+        finally:
+            os.close(report_w)
+        return cls(process, progress_file, report_r)
 
     def poll(self) -> int | None:
         """The leader's return code once it has exited (``-N`` for signal ``N``), else ``None``."""
@@ -126,17 +152,28 @@ class Payload:
                 self._returncode = self._process.poll()
                 if self._returncode is None:
                     self._returncode = -signal.SIGKILL
+                self._rss = max(self._rss, self._reported_peak())
                 return self._returncode
             if pid == 0:
                 return None
             self._returncode = os.waitstatus_to_exitcode(status)
             self._process.returncode = self._returncode  # so that Popen never waits for it again
             self._cpu = max(self._cpu, rusage.ru_utime + rusage.ru_stime)
+            self._rss = max(self._rss, self._reported_peak())
             return self._returncode
 
+    def _reported_peak(self) -> int:
+        """What the supervisor measured of the leader (it wrote it before exiting); 0 if nothing."""
+        if self._report is None:
+            return 0
+        fd, self._report = self._report, None
+        with os.fdopen(fd, "rb") as pipe:
+            text = pipe.read(64).strip()
+        return int(text) if text.isdigit() else 0
+
     def sample(self) -> Usage:
-        """Look at every live process of the group now; the usage so far (monotonic)."""
-        members = procfs.group_members(self.pid)
+        """Look at every live process of the group now (but the supervisor); the usage so far (monotonic)."""
+        members = [m for m in procfs.group_members(self.pid) if m.pid != self.pid]
         cpu = sum(m.cpu_seconds for m in members)
         rss = sum(m.rss_bytes for m in members)
         peak = max((procfs.peak_rss_bytes(m.pid) for m in members), default=0)
@@ -146,8 +183,9 @@ class Payload:
         return self.usage()
 
     def sample_leader(self) -> None:
-        """Cheaply note the leader's memory high-water mark (one small file)."""
-        peak = procfs.peak_rss_bytes(self.pid)
+        """Cheaply note the leader's memory high-water mark (the supervisor's child: two small files)."""
+        leader = procfs.first_child(self.pid)
+        peak = procfs.peak_rss_bytes(leader) if leader is not None else 0
         with self._lock:
             self._rss = max(self._rss, peak)
 
@@ -160,10 +198,14 @@ class Payload:
         if self.progress_file is None:
             return None
         try:
-            with open(self.progress_file, "rb") as f:
-                raw = f.read(limit * 4)
+            # The payload user owns the directory: never follow a link it may have put there instead.
+            fd = os.open(self.progress_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            raw = f.read(limit * 4)
         text = raw.decode("utf-8", "replace").strip()
         return text[:limit] or None
 
@@ -204,6 +246,16 @@ class Payload:
         while (code := self.poll()) is None and time.monotonic() < deadline:
             time.sleep(0.01)
         return code if code is not None else -signal.SIGKILL
+
+
+_SOURCE: list[str] = []
+
+
+def _supervisor_source() -> str:
+    """The supervisor module's source, run with ``python -c`` (found in a zipapp as in a checkout)."""
+    if not _SOURCE:
+        _SOURCE.append(inspect.getsource(supervisor))
+    return _SOURCE[0]
 
 
 def supervise(

@@ -97,3 +97,21 @@ def alive(pid: int, proc: Path = PROC) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def start_time(pid: int, proc: Path = PROC) -> int:
+    """When ``pid`` started, in clock ticks since boot (``/proc/<pid>/stat`` field 22); 0 if unknown."""
+    try:
+        raw = (proc / str(pid) / "stat").read_bytes().decode("ascii", "replace")
+        return int(raw[raw.rfind(")") + 2 :].split()[19])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def first_child(pid: int, proc: Path = PROC) -> int | None:
+    """A child of ``pid`` (``/proc/<pid>/task/<pid>/children``), or ``None``."""
+    try:
+        children = (proc / str(pid) / "task" / str(pid) / "children").read_text().split()
+    except OSError:
+        return None
+    return int(children[0]) if children else None

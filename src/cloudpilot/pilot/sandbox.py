@@ -14,9 +14,10 @@ import shutil
 import stat
 import tarfile
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cloudpilot.pilot.errors import UnsafeArchive
+from cloudpilot.pilot.errors import SandboxTooLarge, UnsafeArchive
 
 log = logging.getLogger(__name__)
 
@@ -26,26 +27,60 @@ JOB_LOG = "job.log"
 # --- input -----------------------------------------------------------------------------------------------------
 
 
-def extract_safely(archive: Path, dest: Path) -> list[str]:
+DEFAULT_MAX_UNPACKED_BYTES = 10 * 100 * 1024 * 1024  # 10x the server's default sandbox limit
+DEFAULT_MAX_UNPACKED_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """What an input sandbox may unpack to: bytes of file content (``None``: the default) and entries."""
+
+    max_bytes: int | None = None
+    max_entries: int = DEFAULT_MAX_UNPACKED_ENTRIES
+
+    @property
+    def bytes(self) -> int:
+        return DEFAULT_MAX_UNPACKED_BYTES if self.max_bytes is None else self.max_bytes
+
+
+def extract_safely(archive: Path, dest: Path, limits: UnpackLimits = UnpackLimits()) -> list[str]:
     """Unpack the (gzipped) tar ``archive`` into ``dest``; the names of the regular files written.
 
-    Every member is checked before anything is written; :class:`UnsafeArchive` names the first bad one.
-    ``OSError`` (a full disk, a file where the archive has a directory) goes to the caller.
+    Every member is checked before anything is written; :class:`UnsafeArchive` names the first bad one, and
+    :class:`SandboxTooLarge` says that the headers read so far add up to more than ``limits`` allow (a bomb
+    fails at the header that crosses the line, before any byte is written). ``OSError`` (a full disk, a file
+    where the archive has a directory) goes to the caller.
     """
     dest.mkdir(parents=True, exist_ok=True)
     root = dest.resolve()
     written: list[str] = []
     try:
         with tarfile.open(archive, mode="r:*") as tar:
-            members = tar.getmembers()
+            members = _checked_members(tar, limits)
+            budget = [limits.bytes]
             for member in members:
-                _check_member(member)
-            for member in members:
-                if _extract_member(tar, member, root):
+                if _extract_member(tar, member, root, budget):
                     written.append(_clean_name(member.name))
     except (tarfile.TarError, EOFError) as exc:
         raise UnsafeArchive(f"not a readable tar archive: {exc}") from exc
     return written
+
+
+def _checked_members(tar: tarfile.TarFile, limits: UnpackLimits) -> list[tarfile.TarInfo]:
+    """Read the headers one by one (never the whole list first), checking each and the running totals."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    while (member := tar.next()) is not None:
+        if len(members) >= limits.max_entries:
+            raise SandboxTooLarge(
+                f"the input sandbox has more than {limits.max_entries} entries (--max-unpacked-entries)"
+            )
+        _check_member(member)
+        total += member.size if member.isfile() else 0
+        if total > limits.bytes:
+            raise SandboxTooLarge(f"the input sandbox unpacks to more than {limits.bytes} bytes (--max-unpacked-bytes)")
+        members.append(member)
+    return members
 
 
 def _clean_name(name: str) -> str:
@@ -82,8 +117,9 @@ def _target(root: Path, name: str) -> Path:
     return parent / path.name
 
 
-def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> bool:
-    """Write one checked member; whether it was a regular file."""
+def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path, budget: list[int]) -> bool:
+    """Write one checked member; whether it was a regular file. ``budget``: bytes still allowed (hard links copy
+    their target, which the headers' sizes do not count)."""
     if PurePosixPath(member.name) in (PurePosixPath("."), PurePosixPath("")):
         return False
     path = _target(root, member.name)
@@ -100,6 +136,9 @@ def _extract_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -
         source = _target(root, member.linkname).resolve()
         if not _inside(root, source) or not source.is_file():
             raise UnsafeArchive(f"refusing hard link {member.name!r} -> {member.linkname!r}")
+        budget[0] -= source.stat().st_size
+        if budget[0] < 0:
+            raise SandboxTooLarge("the input sandbox's hard links unpack to more than --max-unpacked-bytes")
         shutil.copyfile(source, path)
         return True
     extracted = tar.extractfile(member)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pwd
 import socket
 import threading
 import time
@@ -17,6 +19,7 @@ from cloudpilot.api.app import create_app
 from cloudpilot.api.http_server import uvicorn_options
 from cloudpilot.clouds.errors import CloudConfigError
 from cloudpilot.config import ServerConfig
+from cloudpilot.config.clouds import LocalCloudConfig
 from cloudpilot.domain.auth import Role
 from cloudpilot.services.container import Services
 from cloudpilot.services.tokens import issue_token
@@ -62,7 +65,21 @@ class RunningServer:
         self.services.close()
 
 
+def _own_user_payloads(config: ServerConfig) -> ServerConfig:
+    """Local clouds whose test does not name a payload user run payloads as this process's user: the suite's
+    payloads run its interpreter (here under /root) in pytest's 0700 temp dirs, out of nobody's reach."""
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    clouds = {
+        name: c.model_copy(update={"payload_user": me})
+        if isinstance(c, LocalCloudConfig) and "payload_user" not in c.model_fields_set
+        else c
+        for name, c in config.clouds.items()
+    }
+    return config.model_copy(update={"clouds": clouds})
+
+
 def start_server(config: ServerConfig, data_dir: Path, port: int | None = None) -> RunningServer:
+    config = _own_user_payloads(config)
     services = Services.build(config, data_dir)
     app = create_app(services)
     port = port or free_port()

@@ -80,6 +80,7 @@ class LocalCloudDriver:
         fail_share: float = 0,
         hang_share: float = 0,
         seed: int | None = None,
+        payload_user: str = "nobody",
     ) -> None:
         if max_vms < 0 or boot_seconds < 0:
             raise ValueError("max_vms and boot_seconds may not be negative")
@@ -92,6 +93,7 @@ class LocalCloudDriver:
         self.boot_seconds = boot_seconds
         self.fail_share = fail_share
         self.hang_share = hang_share
+        self.payload_user = payload_user
         self._rng = random.Random(seed)
         self._spawned: dict[str, subprocess.Popen[bytes]] = {}
         self.root.mkdir(parents=True, exist_ok=True)
@@ -172,7 +174,10 @@ class LocalCloudDriver:
         # Built under .staging and renamed into place, so a listing never sees half a VM.
         staging = self.root / ".staging" / instance_id
         staging.parent.mkdir(exist_ok=True)
-        staging.mkdir(mode=0o700)  # holds the user-data and the console
+        # Searchable, not listable: payloads (another user) reach their job directories under rootfs/; the
+        # user-data and the console are the supervisor's own (0600).
+        staging.mkdir(mode=0o711)
+        staging.chmod(0o711)
         (staging / vm.ROOTFS_DIR).mkdir()
         meta = {
             "instance_id": instance_id,
@@ -186,6 +191,7 @@ class LocalCloudDriver:
             "created_at": created_at,
             "boot_seconds": self.boot_seconds,
             "boot_outcome": self._draw_boot_outcome(),
+            "payload_user": self.payload_user,
         }
         (staging / vm.INSTANCE_FILE).write_text(json.dumps(meta, indent=2))
         fd = os.open(staging / vm.USER_DATA_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -197,6 +203,7 @@ class LocalCloudDriver:
         vmdir = self.root / instance_id
         try:
             os.rename(staging, vmdir)
+            (vmdir / vm.CONSOLE_FILE).touch(mode=0o600)  # the pilot's log: the supervisor's, not the payloads'
             with (vmdir / vm.CONSOLE_FILE).open("ab") as console:
                 proc = subprocess.Popen(
                     [sys.executable, "-P", "-m", "cloudpilot.clouds.local_vm", str(vmdir), str(lock_fd)],

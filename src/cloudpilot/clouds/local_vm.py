@@ -149,6 +149,9 @@ class Supervisor:
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
             "CLOUDPILOT_VM_ROOT": str(self.rootfs),
+            # The host's users are the VM's: payloads run as this one (the user-data's default is created
+            # on real VMs only).
+            "CLOUDPILOT_PAYLOAD_USER": str(self.meta.get("payload_user") or "nobody"),
         }
         for index, argv in enumerate(plan.runcmd):
             self.say(f"runcmd {index}: start")

@@ -115,6 +115,9 @@ class LocalCloudConfig(_CloudCommon):
     boot_seconds: float = Field(0.0, ge=0, description="How long a local VM takes to boot.")
     fail_share: float = Field(0.0, ge=0, le=1, description="Share of boots that end in error (tests, demos).")
     hang_share: float = Field(0.0, ge=0, le=1, description="Share of boots that never finish (tests, demos).")
+    payload_user: str = Field(
+        "nobody", min_length=1, max_length=32, description="The host user a local VM's payloads run as."
+    )
     register_images: bool = Field(
         False, description="Fetch and verify every held endorsed image and boot it from that file (docs/images.md)."
     )

@@ -34,6 +34,8 @@ TOKEN_FILE = "/etc/cloudpilot/pilot.token"
 ENV_FILE = "/etc/cloudpilot/env"
 PILOT_ZIPAPP = "/opt/cloudpilot/pilot.pyz"
 PILOT_WORKDIR = "/var/lib/cloudpilot"
+PAYLOAD_USER = "cloudpilot-payload"  # created at boot; the pilot (root) runs payloads as this user
+PAYLOAD_USER_VAR = "CLOUDPILOT_PAYLOAD_USER"  # the local cloud sets it (to nobody): its VMs share the host's users
 PILOT_ZIPAPP_ROUTE = "/pilot.pyz"  # on the server, relative to its base URL
 FETCH_ATTEMPTS = 10  # the server may not be reachable yet when the VM's network comes up
 
@@ -216,6 +218,9 @@ def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
         shlex.quote(ctx.server_url),
         "--token-file",
         _in_vm(TOKEN_FILE),
+        "--delete-token-file",  # a one-time registration token: gone before any payload starts
+        "--payload-user",
+        f'"${{{PAYLOAD_USER_VAR}:-{PAYLOAD_USER}}}"',
         "--workdir",
         _in_vm(PILOT_WORKDIR),
     ]
@@ -238,9 +243,15 @@ def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
     if source_env:
         # set -a exports what the file assigns, so the pilot and its payloads see MACHINEFEATURES/JOBFEATURES.
         run = f"set -a; . {_in_vm(ENV_FILE)}; set +a; {run}"
+    # A system account without a login shell or home; not on a local-cloud "VM", which runs on the host.
+    add_user = (
+        f'[ -n "${{{VM_ROOT_VAR}:-}}" ] || id -u {PAYLOAD_USER} >/dev/null 2>&1 || '
+        f"useradd --system --no-create-home --shell /usr/sbin/nologin {PAYLOAD_USER}"
+    )
     return [
         f"mkdir -p {_in_vm('/opt/cloudpilot')} {_in_vm(PILOT_WORKDIR)}",
         f"python3 -c '{_FETCH_SCRIPT}' {shlex.quote(ctx.pilot_zipapp_url)} {_in_vm(PILOT_ZIPAPP)}",
+        add_user,
         run,
     ]
 

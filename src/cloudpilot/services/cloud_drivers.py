@@ -21,6 +21,7 @@ def build_driver(name: str, settings: LocalCloudConfig | LibcloudCloudConfig, da
             boot_seconds=settings.boot_seconds,
             fail_share=settings.fail_share,
             hang_share=settings.hang_share,
+            payload_user=settings.payload_user,
         )
     from cloudpilot.clouds.libcloud_driver import LibcloudDriver
 

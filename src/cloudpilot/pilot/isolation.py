@@ -50,7 +50,10 @@ def resolve_payload_user(requested: str | None) -> PayloadUser | None:
         if requested and requested != pwd.getpwuid(os.geteuid()).pw_name:
             raise ValueError(f"--payload-user {requested}: only a pilot running as root can switch users")
         return None
-    name = requested or (DEFAULT_PAYLOAD_USER if _exists(DEFAULT_PAYLOAD_USER) else FALLBACK_PAYLOAD_USER)
+    name = requested or DEFAULT_PAYLOAD_USER
+    if name == DEFAULT_PAYLOAD_USER and not _exists(name):  # the user-data names it; a hand-made host may lack it
+        log.warning("no user %s on this machine: payloads run as %s", name, FALLBACK_PAYLOAD_USER)
+        name = FALLBACK_PAYLOAD_USER
     try:
         entry = pwd.getpwnam(name)
     except KeyError:

@@ -29,12 +29,15 @@ LEASE = 9.0 * SCALE
 OUTAGE = 13.0 * SCALE
 NOW = 1_700_000_000.0
 
-# Each run of a job leaves a marker file of its own: more markers than jobs means a job ran twice.
-MARK = (
-    "import os, sys, time, uuid; "
-    "open(os.path.join(sys.argv[1], sys.argv[2] + '-' + uuid.uuid4().hex), 'w').close(); "
-    "time.sleep(float(sys.argv[3]))"
-)
+# Each run of a job leaves a marker file of its own: more markers than jobs means a job ran twice. A job then
+# waits for the server's crash (the "killed" file) and runs on for its given seconds.
+MARK = """
+import os, sys, time, uuid
+open(os.path.join(sys.argv[1], sys.argv[2] + "-" + uuid.uuid4().hex), "w").close()
+while not os.path.exists(os.path.join(sys.argv[1], "..", "killed")):
+    time.sleep(0.1)
+time.sleep(float(sys.argv[3]))
+"""
 
 
 def test_restart_extends_leases_and_holds_expiry_for_one_lease_period(db: Database) -> None:
@@ -95,6 +98,7 @@ def test_server_killed_for_longer_than_a_lease_reruns_nothing(
     wait_for(all_running, timeout=60, what="every job to run")
     server.kill()
     killed = time.time()
+    (tmp_path / "killed").touch()
     time.sleep(OUTAGE - (time.time() - killed))
     server = server_processes.start(data_dir, "--config", str(config), port=int(server.url.rsplit(":", 1)[1]))
     assert f"{len(ids)} active leases, {len(ids)} extended" in server.log()

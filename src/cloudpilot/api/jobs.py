@@ -9,8 +9,8 @@ import yaml
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.concurrency import run_in_threadpool
 
+from cloudpilot.api.bulk import run_bulk
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
 from cloudpilot.api.errors import validation_error
 from cloudpilot.api.guard import BAD_TEXT, bad_text_field
@@ -92,13 +92,13 @@ async def submit(request: Request, principal: PrincipalDep, services: ServicesDe
     body = await request.body()
     max_jobs = services.config.jobs.max_per_request
     try:  # a 100,000-job submission takes seconds to validate: off the event loop, so the server answers meanwhile
-        specs = await run_in_threadpool(parse_submission, body, request.headers.get("content-type", ""), max_jobs)
+        specs = await run_bulk(parse_submission, body, request.headers.get("content-type", ""), max_jobs)
     except _Indexed as wrapped:
         return validation_error(wrapped.exc, prefix=f"[{wrapped.index}]")
     now = services.clock.now()
-    ids = await run_in_threadpool(services.jobs.submit, principal, specs, now)
+    ids = await run_bulk(services.jobs.submit, principal, specs, now)
     assert principal.vo is not None  # a user token always has a VO
-    warnings = await run_in_threadpool(services.waiting.submission_warnings, specs, principal.vo, now)
+    warnings = await run_bulk(services.waiting.submission_warnings, specs, principal.vo, now)
     return json_response({"ids": ids, "warnings": warnings}, 201)
 
 

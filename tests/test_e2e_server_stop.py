@@ -16,7 +16,7 @@ import yaml
 
 from cloudpilot.clouds.local_procs import is_running
 from tests.helpers.pilots import wait_for
-from tests.helpers.server import free_port
+from tests.helpers.server import free_port, own_user_clouds
 from tests.helpers.server_process import CLI, ServerProcess, ServerProcesses
 
 PY = sys.executable
@@ -32,7 +32,8 @@ class Server:
         self.processes, self.data, self.port = processes, tmp / "data", free_port()
         self.config = tmp / "server.yaml"
         cloud = {**CLOUD, "keep_vms_on_stop": keep}
-        self.config.write_text(yaml.safe_dump({"clouds": {"local-a": cloud}, "provisioner": {"interval_seconds": 1}}))
+        clouds = own_user_clouds({"local-a": cloud})
+        self.config.write_text(yaml.safe_dump({"clouds": clouds, "provisioner": {"interval_seconds": 1}}))
         self.current: ServerProcess | None = None
 
     @property

@@ -36,7 +36,7 @@ def test_no_server_error_and_no_schema_break_for_any_role(
             "--generation-database", "none", "--no-color", "--report", "junit",
             "--report-dir", str(tmp_path / role.value),
         ]  # fmt: skip
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS_PER_ROLE + 60)
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=SECONDS_PER_ROLE + 60, cwd=tmp_path)
         assert run.returncode == 0, f"{role.value}: {run.stdout[-6000:]}\n{run.stderr[-2000:]}"
         counts = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
         assert counts is not None, run.stdout[-3000:]

@@ -16,6 +16,7 @@ import httpx
 import yaml
 
 from cloudpilot.cli.demo import DEMO_CONFIG
+from tests.helpers.server import own_user_clouds, this_user
 from tests.helpers.server_process import CLI, ServerProcesses
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +41,12 @@ def test_the_readme_points_only_at_files_of_the_repository() -> None:
 def test_using_it_verbatim_on_the_demos_clouds(server_processes: ServerProcesses, tmp_path: Path) -> None:
     # As a user in a directory of their own (every command runs there), with the example next to the job file.
     shutil.copy(REPO / "examples/montecarlo/mc.py", tmp_path / "mc.py")
-    server = server_processes.start(tmp_path / "data", "--config", str(REPO / "examples/server.yaml"))
+    # examples/server.yaml as it is, but for the payloads' user: as root, local VMs run payloads as nobody,
+    # who cannot reach this suite's interpreter (under /root) nor pytest's 0700 temp dirs (README says so).
+    config = yaml.safe_load((REPO / "examples/server.yaml").read_text())
+    config["clouds"] = own_user_clouds(config["clouds"])
+    (tmp_path / "server.yaml").write_text(yaml.safe_dump(config))
+    server = server_processes.start(tmp_path / "data", "--config", str(tmp_path / "server.yaml"))
 
     def cli(*args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:
         env = {**os.environ, "CLOUDPILOT_URL": server.url, **({"CLOUDPILOT_TOKEN": token} if token else {})}
@@ -81,7 +87,7 @@ def test_using_it_verbatim_on_the_demos_clouds(server_processes: ServerProcesses
     python3 = shutil.which("python3") or sys.executable
     pilot = subprocess.run(
         [python3, "pilot.pyz", "--server", server.url, "--token-file", "pilot.token", "--cores", "1",
-         "--tags", "my-own", "--idle-timeout", "3"],
+         "--tags", "my-own", "--idle-timeout", "3", "--payload-user", this_user()],  # as root: see above
         capture_output=True, text=True, timeout=120, check=False, cwd=tmp_path,
     )  # fmt: skip
     job = httpx.get(f"{server.url}/api/v1/jobs/{job_id}", headers={"Authorization": f"Bearer {tokens['alice']}"})

@@ -65,12 +65,24 @@ class RunningServer:
         self.services.close()
 
 
+def this_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def own_user_clouds(clouds: dict[str, dict]) -> dict[str, dict]:
+    """The same for a configuration given as YAML data (servers run as processes): local clouds that name no
+    payload user run payloads as this process's user."""
+    return {
+        name: {**c, "payload_user": this_user()} if c.get("driver") == "local" and "payload_user" not in c else c
+        for name, c in clouds.items()
+    }
+
+
 def _own_user_payloads(config: ServerConfig) -> ServerConfig:
     """Local clouds whose test does not name a payload user run payloads as this process's user: the suite's
     payloads run its interpreter (here under /root) in pytest's 0700 temp dirs, out of nobody's reach."""
-    me = pwd.getpwuid(os.geteuid()).pw_name
     clouds = {
-        name: c.model_copy(update={"payload_user": me})
+        name: c.model_copy(update={"payload_user": this_user()})
         if isinstance(c, LocalCloudConfig) and "payload_user" not in c.model_fields_set
         else c
         for name, c in config.clouds.items()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib.resources
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -169,7 +170,11 @@ def write_config(path: Path) -> ServerConfig:
     """Write the demo's server configuration to ``path`` and read it back the way the server will."""
     from cloudpilot.config import ConfigError, load_config
 
-    path.write_text(yaml.safe_dump(DEMO_CONFIG, sort_keys=False))
+    # The demo's VMs run its payloads as you: run as root, local clouds would use nobody (payload_user), who
+    # cannot reach the demo's private temporary directory.
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    clouds = {name: {**cloud, "payload_user": me} for name, cloud in DEMO_CONFIG["clouds"].items()}
+    path.write_text(yaml.safe_dump({**DEMO_CONFIG, "clouds": clouds}, sort_keys=False))
     try:
         return load_config(path)
     except ConfigError as exc:

@@ -160,6 +160,11 @@ def get_output(job_id: JobId, principal: PrincipalDep, services: ServicesDep) ->
     return StreamingResponse(services.sandbox_store.open(sandbox), media_type="application/gzip")
 
 
+@router.get("/jobs/{job_id}/log", summary="The latest tail of a job's job.log, as its pilot sent it")
+def get_log(job_id: JobId, principal: PrincipalDep, services: ServicesDep) -> Response:
+    return json_response(services.jobs.log_tail(principal, job_id))
+
+
 @router.get("/jobs/{job_id}/events", summary="The output chunks of a job's finished events")
 def list_event_chunks(job_id: JobId, principal: PrincipalDep, services: ServicesDep) -> Response:
     chunks = services.jobs.event_chunks(principal, job_id)

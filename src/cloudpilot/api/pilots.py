@@ -54,6 +54,8 @@ class HeartbeatBody(_Body):
     cpu_seconds: float | None = Field(None, ge=0, le=MAX_SECONDS)
     max_rss_bytes: int | None = Field(None, ge=0, le=MAX_ID)
     progress: str | None = None
+    # The last lines of the job's job.log (the pilot sends 4 KiB at most); kept per job for `cloudpilot logs`.
+    log_tail: str | None = Field(None, max_length=16384)
 
 
 class ReportBody(_Body):
@@ -166,6 +168,7 @@ def heartbeat(job_id: JobId, body: HeartbeatBody, principal: PrincipalDep, servi
         body.cpu_seconds,
         body.max_rss_bytes,
         body.progress,
+        body.log_tail,
     )
     return json_response(
         {

@@ -10,6 +10,7 @@ from cloudpilot.cli import clusters as cluster_cmds
 from cloudpilot.cli import demo as demo_cmds
 from cloudpilot.cli import images as image_cmds
 from cloudpilot.cli import jobs as job_cmds
+from cloudpilot.cli import logs as log_cmds
 from cloudpilot.cli import pilot as pilot_cmds
 from cloudpilot.cli import server as server_cmds
 from cloudpilot.cli import simulate as simulate_cmds
@@ -62,6 +63,7 @@ app.command("kill")(job_cmds.kill)
 app.command("resubmit")(job_cmds.resubmit)
 app.command("output")(job_cmds.output)
 app.command("wait")(job_cmds.wait)
+app.command("logs")(log_cmds.logs)
 app.command("clouds")(vm_cmds.clouds)
 app.command("vms")(vm_cmds.vms)
 vm_app.command("show")(vm_cmds.vm_show)

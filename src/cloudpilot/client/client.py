@@ -156,6 +156,10 @@ class CloudpilotClient:
         """One job with its ``history``."""
         return self._request("GET", f"/jobs/{job_id}").json()
 
+    def log_tail(self, job_id: int) -> dict[str, Any]:
+        """The latest tail of the job's ``job.log`` its pilot sent: ``{job_id, state, attempt, tail, updated_at}``."""
+        return self._request("GET", f"/jobs/{job_id}/log").json()
+
     def waiting_reasons(self) -> list[dict[str, Any]]:
         """The caller's waiting jobs grouped by why they wait: ``{reason, jobs, example_job_id}``, most first."""
         return list(self._request("GET", "/jobs/waiting").json()["reasons"])

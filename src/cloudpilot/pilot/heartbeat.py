@@ -26,9 +26,9 @@ def heartbeat_interval(heartbeat_seconds: float, lease_seconds: float) -> float:
 class Heartbeater:
     """A daemon thread that beats every ``interval`` seconds until :meth:`stop`.
 
-    ``status()`` gives the body's ``cpu_seconds``, ``max_rss_bytes`` and ``progress``. When the server answers
-    ``kill``, or the lease turns out lost, or the beat is refused, ``on_abort(reason)`` is called once and
-    the beats end. Every answer goes to ``on_answer`` (it may carry the machine's ``shutdowntime``). An
+    ``status()`` gives the body's ``cpu_seconds``, ``max_rss_bytes``, ``progress`` and ``log_tail``. When the
+    server answers ``kill``, or the lease turns out lost, or the beat is refused, ``on_abort(reason)`` is called
+    once and the beats end. Every answer goes to ``on_answer`` (it may carry the machine's ``shutdowntime``). An
     unreachable server is only logged: the next beat may get through before the lease ends.
     """
 

@@ -29,6 +29,7 @@ from cloudpilot.pilot.events import EventUploader
 from cloudpilot.pilot.features import write_features
 from cloudpilot.pilot.heartbeat import Heartbeater
 from cloudpilot.pilot.isolation import PRIVATE_DIR, give, record, take_back
+from cloudpilot.pilot.logtail import read_tail
 from cloudpilot.pilot.payload import Outcome, Payload, Usage, supervise
 from cloudpilot.pilot.retry import with_retries
 from cloudpilot.pilot.sandbox import JOB_LOG, UnpackLimits, extract_safely, pack_outputs
@@ -376,7 +377,11 @@ class JobRunner:
             return {"cpu_seconds": None, "max_rss_bytes": None, "progress": None}
         usage = payload.usage() if payload.poll() is not None else payload.sample()
         rss = usage.max_rss_bytes or None
-        return {"cpu_seconds": usage.cpu_seconds, "max_rss_bytes": rss, "progress": payload.progress()}
+        status = {"cpu_seconds": usage.cpu_seconds, "max_rss_bytes": rss, "progress": payload.progress()}
+        tail = read_tail(self.job_dir / JOB_LOG)  # what `cloudpilot logs` and the dashboard show while it runs
+        if tail is not None:
+            status["log_tail"] = tail
+        return status
 
     # --- bookkeeping ------------------------------------------------------------------------------------------
 

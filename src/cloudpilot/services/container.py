@@ -33,6 +33,7 @@ from cloudpilot.store.clusters import ClusterRepository
 from cloudpilot.store.database import Database
 from cloudpilot.store.images import ImageRepository
 from cloudpilot.store.jobs import JobRepository
+from cloudpilot.store.log_tails import LogTailRepository
 from cloudpilot.store.migrations import upgrade
 from cloudpilot.store.pilots import PilotRepository
 from cloudpilot.store.sandboxes import SandboxRepository
@@ -85,7 +86,10 @@ class Services:
         records = AccountingRepository(db)
         site_policy = SitePolicy(config, site_repo, matcher)
         services: Services
-        job_service = JobService(job_repo, sandbox_store, config, on_new_work=lambda: services.new_work())
+        log_tails = LogTailRepository(db)  # job.log tails: pilots write them, users read them
+        job_service = JobService(
+            job_repo, sandbox_store, config, on_new_work=lambda: services.new_work(), log_tails=log_tails
+        )
 
         def drain(actions: list[Action], now: float) -> None:  # a revoked image's VMs
             services.provisioner.apply(actions, now)
@@ -105,7 +109,7 @@ class Services:
             sandbox_records=SandboxRepository(db),
             jobs=job_service,
             pilots=PilotService(
-                job_repo, pilot_repo, matcher, config, PilotSessions(tokens, auth), activity, site_policy
+                job_repo, pilot_repo, matcher, config, PilotSessions(tokens, auth), activity, site_policy, log_tails
             ),
             matcher=matcher,
             reaper=LeaseReaper(job_repo, config, on_requeue=lambda: services.new_work()),

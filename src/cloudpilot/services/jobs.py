@@ -15,6 +15,7 @@ from cloudpilot.services.errors import BadInput, Forbidden, TooMany
 from cloudpilot.storage.base import SandboxStore
 from cloudpilot.store.errors import Conflict, NotFound
 from cloudpilot.store.jobs import JobRepository
+from cloudpilot.store.log_tails import LogTailRepository
 
 log = logging.getLogger("cloudpilot.jobs")
 
@@ -26,8 +27,10 @@ class JobService:
         sandboxes: SandboxStore,
         config: ServerConfig,
         on_new_work: Callable[[], None] = lambda: None,
+        log_tails: LogTailRepository | None = None,
     ) -> None:
         self.jobs = jobs
+        self.log_tails = log_tails
         self.sandboxes = sandboxes
         self.config = config
         self.on_new_work = on_new_work
@@ -108,6 +111,19 @@ class JobService:
         if job.output_sandbox is None:
             raise NotFound(f"job {job_id} has no output yet (it is {job.state.value})")
         return job.output_sandbox
+
+    def log_tail(self, principal: Principal, job_id: int) -> dict[str, Any]:
+        """The latest tail of the job's ``job.log`` its pilot sent (``tail`` empty if none came yet), with the
+        job's state so a follower knows when to stop."""
+        job = self.get(principal, job_id)
+        stored = self.log_tails.get(job_id) if self.log_tails is not None else None
+        return {
+            "job_id": job_id,
+            "state": job.state.value,
+            "attempt": stored.attempt if stored else None,
+            "tail": stored.tail if stored else "",
+            "updated_at": stored.updated_at if stored else None,
+        }
 
     def event_chunks(self, principal: Principal, job_id: int) -> list[dict[str, Any]]:
         """The output chunks of a job's finished events, in event order."""

@@ -27,6 +27,7 @@ from cloudpilot.services.site_policy import SitePolicy, VODisabled
 from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.store.errors import NotFound
 from cloudpilot.store.jobs import JobRepository
+from cloudpilot.store.log_tails import LogTailRepository
 from cloudpilot.store.pilots import PilotRecord, PilotRepository
 
 
@@ -58,6 +59,7 @@ class MatchAnswer:
 log = logging.getLogger("cloudpilot.pilots")
 
 SEEN_EVERY_SECONDS = 60.0
+MAX_LOG_TAIL_CHARS = 8192  # of a job.log tail kept per job (pilots send 4 KiB; a bigger one keeps its end)
 
 
 class PilotService:
@@ -70,8 +72,10 @@ class PilotService:
         sessions: PilotSessions,
         vm_activity: VMActivity | None = None,
         site_policy: SitePolicy | None = None,
+        log_tails: LogTailRepository | None = None,
     ) -> None:
         self.sessions = sessions
+        self.log_tails = log_tails
         self.vm_activity = vm_activity
         self.site_policy = site_policy
         self.jobs = jobs
@@ -182,6 +186,7 @@ class PilotService:
         cpu_seconds: float | None,
         max_rss_bytes: int | None,
         progress: str | None,
+        log_tail: str | None = None,
     ) -> Heartbeat:
         self._held(principal, job_id, lease_token, allow_killed=True)
         self.sessions.renew(principal, now)
@@ -191,6 +196,8 @@ class PilotService:
         job = self.jobs.heartbeat(
             job_id, lease_token, now, self.config.lease.seconds, cpu_seconds, max_rss_bytes, progress
         )
+        if log_tail is not None and self.log_tails is not None and job.state is not JobState.KILLED:
+            self.log_tails.put(job_id, lease_token, log_tail[-MAX_LOG_TAIL_CHARS:], now)
         return Heartbeat(job.lease_expires_at, job.state is JobState.KILLED, shutdowntime)
 
     def check_holder(self, principal: Principal, job_id: int, lease_token: int) -> None:

@@ -86,6 +86,10 @@ def _pilot_sessions(conn: Connection) -> None:
         _add_column(conn, "tokens", column, ddl)
 
 
+def _job_log_tails(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.job_log_tails])
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
     (2, "VMs and their history; tokens and pilots bound to a VM", _vms),
@@ -94,6 +98,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (5, "clusters of services; the cluster and service of a VM", _clusters),
     (6, "why each task queue's jobs wait, as the provisioner explained it", _waiting_reasons),
     (7, "pilot sessions: tokens bound to one pilot; one-time VM registration tokens", _pilot_sessions),
+    (8, "the latest tail of each job's job.log, sent with its pilot's heartbeats", _job_log_tails),
 ]
 
 LATEST = max(version for version, _, _ in MIGRATIONS)  # steps may be added out of order

@@ -396,3 +396,14 @@ waiting_reasons = Table(
     Column("details", Text, nullable=False),  # JSON: {"clouds": {name: reason}, "pilots": reason | null}
     Column("explained_at", Float, nullable=False),
 )
+
+# The latest tail of each job's job.log, as its pilot sent it with a heartbeat (migration 8). Its own table: the
+# jobs table is read whole by listings, and a few KiB per running job would only slow them.
+job_log_tails = Table(
+    "job_log_tails",
+    metadata,
+    Column("job_id", Id, primary_key=True),
+    Column("attempt", Integer, nullable=False),  # the lease (attempt) whose pilot sent it
+    Column("tail", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)

@@ -93,8 +93,8 @@ def test_user_data_writes_config_token_and_mjf_files_and_runs_the_pilot() -> Non
 
     runcmd = config["runcmd"]
     assert all(isinstance(c, str) for c in runcmd)
-    assert "https://tq.example.org:8443/pilot.pyz" in runcmd[1]
-    pilot = runcmd[-1]
+    pilot = runcmd[-1]  # fetched, checked and run in one command: the pilot runs only if the check passed
+    assert "https://tq.example.org:8443/pilot.pyz" in pilot
     for option in (
         "--server https://tq.example.org:8443",
         '--token-file "${CLOUDPILOT_VM_ROOT:-}"/etc/cloudpilot/pilot.token',

@@ -8,6 +8,7 @@ from cloudpilot.context.errors import ContextError, InvalidContext, InvalidUserD
 from cloudpilot.context.parse import parse_cloud_config
 from cloudpilot.context.redact import redact
 from cloudpilot.context.userdata import (
+    CA_FILE,
     CONFIG_FILE,
     ENV_FILE,
     MAX_USER_DATA_BYTES,
@@ -23,6 +24,7 @@ from cloudpilot.context.userdata import (
 )
 
 __all__ = [
+    "CA_FILE",
     "CONFIG_FILE",
     "ENV_FILE",
     "MAX_USER_DATA_BYTES",

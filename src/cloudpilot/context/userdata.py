@@ -1,5 +1,9 @@
 """The user-data a VM boots with: a ``#cloud-config`` that writes the pilot's configuration and starts it.
 
+The pilot is downloaded from the server and run only if its sha256 is the one the user-data pins; a CA that
+signed the server's certificate goes along when one is configured (``provisioner.ca_file``), for the download
+and for the pilot.
+
 Only ``write_files``, ``runcmd`` and ``power_state`` are used, because the ``local`` cloud driver boots its
 "VMs" from the same user-data by applying exactly that subset. Its "VMs" are directories, so every path the
 commands use goes through ``${CLOUDPILOT_VM_ROOT:-}``: the local driver sets it to the VM's root directory,
@@ -24,6 +28,7 @@ from typing import Any
 import yaml
 
 from cloudpilot.context.errors import InvalidContext, UserDataTooLarge
+from cloudpilot.context.pilot_zipapp import pilot_zipapp
 
 # Clouds refuse larger user-data (EC2: 16 KB before base64), so every cloud gets at most this much.
 MAX_USER_DATA_BYTES = 16384
@@ -32,6 +37,7 @@ VM_ROOT_VAR = "CLOUDPILOT_VM_ROOT"
 CONFIG_FILE = "/etc/cloudpilot/pilot.json"
 TOKEN_FILE = "/etc/cloudpilot/pilot.token"
 ENV_FILE = "/etc/cloudpilot/env"
+CA_FILE = "/etc/cloudpilot/ca.pem"  # the CA of the server's certificate, when the configuration names one
 PILOT_ZIPAPP = "/opt/cloudpilot/pilot.pyz"
 PILOT_WORKDIR = "/var/lib/cloudpilot"
 PAYLOAD_USER = "cloudpilot-payload"  # created at boot; the pilot (root) runs payloads as this user
@@ -44,20 +50,28 @@ FETCH_ATTEMPTS = 10  # the server may not be reachable yet when the VM's network
 EXTRA_CLOUD_CONFIG_MERGE = "dict(no_replace,recurse_list)+list(append)+str()"
 
 # Downloads the pilot zipapp with the standard library (minimal images have python3 but not always curl),
-# retrying with backoff, and moves it into place only when complete. It is passed to ``python3 -c`` inside
-# single quotes, so it must not contain one.
-_FETCH_SCRIPT = f"""import os, sys, time, urllib.request
-url, dest = sys.argv[1], sys.argv[2]
+# retrying with backoff, checks its sha256 against the pinned one and moves it into place only then: the runcmd
+# runs the pilot only when this exits 0. An untrusted certificate or a wrong digest is final (no retry). It is
+# passed to ``python3 -c`` inside single quotes, so it must not contain one.
+_FETCH_SCRIPT = f"""import hashlib, os, ssl, sys, time, urllib.request
+url, dest, pinned = sys.argv[1:4]
+context = ssl.create_default_context(cafile=sys.argv[4] if len(sys.argv) > 4 else None)
 for attempt in range(1, {FETCH_ATTEMPTS + 1}):
     try:
-        with urllib.request.urlopen(url, timeout=60) as answer:
+        with urllib.request.urlopen(url, timeout=60, context=context) as answer:
             data = answer.read()
         break
     except Exception as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            sys.exit("cloudpilot: %s: the TLS certificate of the server is not trusted: %s" % (url, reason))
         print("cloudpilot: cannot fetch %s (attempt %d): %s" % (url, attempt, exc), file=sys.stderr)
         if attempt == {FETCH_ATTEMPTS}:
             sys.exit(1)
         time.sleep(min(2 ** attempt, 30))
+digest = hashlib.sha256(data).hexdigest()
+if digest != pinned:
+    sys.exit("cloudpilot: refusing to run %s: its sha256 is %s, the user-data pins %s" % (url, digest, pinned))
 with open(dest + ".part", "wb") as out:
     out.write(data)
 os.replace(dest + ".part", dest)"""
@@ -88,9 +102,15 @@ class PilotContext:
     idle_timeout_seconds: float = 600.0
     machinefeatures_url: str | None = None
     jobfeatures_url: str | None = None
+    ca_pem: str | None = None  # PEM certificates the pilot trusts for the server (besides the system's)
+    pilot_sha256: str | None = None  # the pilot.pyz the VM may run; None: the one this process serves
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "tags", tuple(self.tags))
+        if self.pilot_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", self.pilot_sha256):
+            raise InvalidContext("pilot_sha256", "must be a sha256 digest in lower-case hex")
+        if self.ca_pem is not None and "-----BEGIN CERTIFICATE-----" not in self.ca_pem:
+            raise InvalidContext("ca_pem", "must hold PEM certificates (-----BEGIN CERTIFICATE-----)")
         if not re.fullmatch(r"https?://[^\s'\"\\]+", self.server_url):
             raise InvalidContext("server_url", f"must be an http:// or https:// URL, not {self.server_url!r}")
         for name in ("vm_id", "vo"):
@@ -160,6 +180,8 @@ def cloud_config_of(ctx: PilotContext) -> dict[str, Any]:
         {"path": CONFIG_FILE, "permissions": "0644", "content": json.dumps(_public_config(ctx), indent=2) + "\n"},
         {"path": TOKEN_FILE, "permissions": "0600", "content": ctx.pilot_token + "\n"},
     ]
+    if ctx.ca_pem is not None:
+        files.append({"path": CA_FILE, "permissions": "0644", "content": ctx.ca_pem.strip() + "\n"})
     env = _mjf_environment(ctx)
     if env:
         files.append({"path": ENV_FILE, "permissions": "0644", "content": env})
@@ -224,6 +246,17 @@ def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
         "--workdir",
         _in_vm(PILOT_WORKDIR),
     ]
+    fetch = [
+        "python3",
+        "-c",
+        f"'{_FETCH_SCRIPT}'",
+        shlex.quote(ctx.pilot_zipapp_url),
+        _in_vm(PILOT_ZIPAPP),
+        ctx.pilot_sha256 or pilot_zipapp().sha256,
+    ]
+    if ctx.ca_pem is not None:
+        pilot += ["--ca-file", _in_vm(CA_FILE)]
+        fetch.append(_in_vm(CA_FILE))
     if ctx.cores is not None:
         pilot += ["--cores", str(ctx.cores)]
     if ctx.memory_mb is not None:
@@ -239,7 +272,8 @@ def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
     if ctx.lifetime_seconds is not None:
         pilot += ["--lifetime", _number(ctx.lifetime_seconds)]
     pilot += ["--idle-timeout", _number(ctx.idle_timeout_seconds)]
-    run = " ".join(pilot)
+    # One command, so that the pilot runs only if the download was complete and its digest the pinned one.
+    run = f"{' '.join(fetch)} && {' '.join(pilot)}"
     if source_env:
         # set -a exports what the file assigns, so the pilot and its payloads see MACHINEFEATURES/JOBFEATURES.
         run = f"set -a; . {_in_vm(ENV_FILE)}; set +a; {run}"
@@ -248,12 +282,7 @@ def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
         f'[ -n "${{{VM_ROOT_VAR}:-}}" ] || id -u {PAYLOAD_USER} >/dev/null 2>&1 || '
         f"useradd --system --no-create-home --shell /usr/sbin/nologin {PAYLOAD_USER}"
     )
-    return [
-        f"mkdir -p {_in_vm('/opt/cloudpilot')} {_in_vm(PILOT_WORKDIR)}",
-        f"python3 -c '{_FETCH_SCRIPT}' {shlex.quote(ctx.pilot_zipapp_url)} {_in_vm(PILOT_ZIPAPP)}",
-        add_user,
-        run,
-    ]
+    return [f"mkdir -p {_in_vm('/opt/cloudpilot')} {_in_vm(PILOT_WORKDIR)}", add_user, run]
 
 
 def _multipart(cloud_config: str, extra_parts: Sequence[UserDataPart]) -> str:

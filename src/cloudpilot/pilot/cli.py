@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import ssl
 import sys
 import tempfile
 import threading
@@ -30,6 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run jobs from a cloudpilot server on this machine until there is no more work.",
     )
     p.add_argument("--server", required=True, metavar="URL", help="the server's base URL, e.g. https://tq:8080")
+    p.add_argument(
+        "--ca-file",
+        type=Path,
+        default=None,
+        metavar="PEM",
+        help="trust the CA certificates in this file for an https server (besides the system's)",
+    )
     p.add_argument("--token", metavar="TOKEN", help=f"a pilot token (default: ${TOKEN_ENV})")
     p.add_argument("--token-file", type=Path, metavar="FILE", help="read the pilot token from this file instead")
     p.add_argument(
@@ -110,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         payload_user = resolve_payload_user(args.payload_user)
-        transport = HttpTransport(args.server, token)
+        transport = HttpTransport(args.server, token, ssl_context=_ssl_context(args.ca_file))
         config = PilotConfig(
             workdir=args.workdir or Path(tempfile.mkdtemp(prefix="cloudpilot-pilot-")),
             cores=args.cores or detect_cores(),
@@ -145,6 +153,18 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> NoReturn:
     """``sys.exit(main())``: the entry point for a zipapp (``python -m zipapp -m cloudpilot.pilot.cli:run``)."""
     sys.exit(main())
+
+
+def _ssl_context(ca_file: Path | None) -> ssl.SSLContext | None:
+    """The system's CAs plus ``ca_file``'s (``None``: urllib's default, the system's); ValueError if unusable."""
+    if ca_file is None:
+        return None
+    context = ssl.create_default_context()
+    try:
+        context.load_verify_locations(cafile=str(ca_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--ca-file {ca_file}: {getattr(exc, 'strerror', None) or exc}") from None
+    return context
 
 
 def _token(args: argparse.Namespace) -> str:

@@ -5,6 +5,7 @@ PilotError                  root
 │   ├── ServerUnreachable   no connection, a timeout, a 5xx (or 408/429): retry with backoff     (retryable)
 │   ├── LeaseLost           409 on a call about a job: the lease is not ours any more; drop the job
 │   └── RequestRejected     any other 4xx: the server refuses this request                       (fatal)
+│       └── UntrustedServer the server's TLS certificate does not verify: no request can succeed    (fatal)
 ├── GaveUp                  the server stayed unreachable for longer than ``give_up_seconds``
 ├── Stopped                 the pilot is shutting down; the call was abandoned
 ├── ProtocolError           an answer of the server that does not have the documented shape
@@ -39,6 +40,13 @@ class LeaseLost(TransportError):
 
 class RequestRejected(TransportError):
     """A 4xx other than 409 on a job call: retrying the same request cannot help."""
+
+
+class UntrustedServer(RequestRejected):
+    """The server's TLS certificate does not verify against the system's CAs or ``--ca-file``.
+
+    Fatal, not retried: the pilot must not talk to a server it cannot authenticate, and waiting changes nothing.
+    """
 
 
 class GaveUp(PilotError):

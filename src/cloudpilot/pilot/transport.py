@@ -2,7 +2,8 @@
 
 Every method maps the server's answers onto the pilot's error classes, so the agent never sees HTTP:
 no connection, a timeout or a 5xx is :class:`ServerUnreachable` (retry later), a 409 on a call about a job is
-:class:`LeaseLost` (drop the job), any other 4xx is :class:`RequestRejected`.
+:class:`LeaseLost` (drop the job), any other 4xx is :class:`RequestRejected`, a TLS certificate that does not
+verify is :class:`UntrustedServer` (fatal).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from cloudpilot.pilot.errors import LeaseLost, ProtocolError, RequestRejected, ServerUnreachable
+from cloudpilot.pilot.errors import LeaseLost, ProtocolError, RequestRejected, ServerUnreachable, UntrustedServer
 
 API = "/api/v1"
 RETRYABLE_4XX = frozenset({408, 425, 429})  # the server asks to try again later
@@ -166,6 +167,11 @@ class HttpTransport:
             raise _error_for(what, exc, job_call) from exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             reason = getattr(exc, "reason", exc)
+            if isinstance(reason, ssl.SSLCertVerificationError):
+                raise UntrustedServer(
+                    f"{what}: the server's TLS certificate is not trusted ({reason.verify_message or reason}); "
+                    "give the pilot the CA that signed it with --ca-file"
+                ) from exc
             raise ServerUnreachable(f"{what}: {type(exc).__name__}: {reason}") from exc
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from cloudpilot.domain.vms import Flavor
 
@@ -127,13 +128,50 @@ class LocalCloudConfig(_CloudCommon):
         return self.expected_boot_seconds if self.expected_boot_seconds is not None else self.boot_seconds + 1.0
 
 
+# A driver_args/driver_kwargs value may be {env: NAME} or {file: PATH} (docs/configuration.md, "Secrets").
+SECRET_SOURCES = ("env", "file")
+
+
 class LibcloudCloudConfig(_CloudCommon):
     driver: Literal["libcloud"]
     provider: str = Field(description="Apache Libcloud provider name: ec2, openstack, gce, azure_arm, …")
-    driver_args: dict[str, Any] = Field({}, description="Credentials of the Libcloud driver (key, secret, …).")
-    driver_kwargs: dict[str, Any] = Field({}, description="Keyword arguments of the Libcloud driver (region, …).")
+    driver_args: dict[str, Any] = Field(
+        {}, description="Credentials of the Libcloud driver (key, secret, …); a value may be {env: NAME} or {file: P}."
+    )
+    driver_kwargs: dict[str, Any] = Field(
+        {}, description="Keyword arguments of the Libcloud driver (region, …); values as in driver_args."
+    )
     options: dict[str, Any] = Field({}, description="network, subnet, keypair, security_groups, availability_zone.")
+    openstack_cloud: str | None = Field(
+        None, min_length=1, description="provider openstack: take auth and region from this entry of clouds.yaml."
+    )
+    clouds_yaml: Path | None = Field(
+        None,
+        description="The clouds.yaml to read; default the first of ./clouds.yaml, ~/.config/openstack/clouds.yaml, "
+        "/etc/openstack/clouds.yaml.",
+    )
+    allow_loopback_server_url: bool = Field(
+        False,
+        description="Its VMs reach this host's loopback (a cloud emulator on this host, in tests); otherwise a "
+        "loopback provisioner.server_url stops the server at start.",
+    )
     ec2_moto_compat: bool = Field(False, description="Talk to a moto EC2 server (tests only).")
+
+    @field_validator("driver_args", "driver_kwargs")
+    @classmethod
+    def _secret_references(cls, values: dict[str, Any]) -> dict[str, Any]:
+        for key, value in values.items():
+            if isinstance(value, dict) and set(value) & set(SECRET_SOURCES) and not _one_reference(value):
+                raise ValueError(f"{key}: a secret reference is {{env: NAME}} or {{file: PATH}}, one of them")
+        return values
+
+    @model_validator(mode="after")
+    def _clouds_yaml_for_openstack(self) -> LibcloudCloudConfig:
+        if self.openstack_cloud is not None and self.provider != "openstack":
+            raise ValueError(f"openstack_cloud applies to provider openstack, not {self.provider!r}")
+        if self.clouds_yaml is not None and self.openstack_cloud is None:
+            raise ValueError("clouds_yaml needs openstack_cloud (the entry to read)")
+        return self
 
 
 CloudConfig = Annotated[LocalCloudConfig | LibcloudCloudConfig, Field(discriminator="driver")]
@@ -146,3 +184,48 @@ class ProvisionerConfig(_Section):
     )
     lost_after_seconds: float = Field(300.0, gt=0, description="A running VM silent this long is lost.")
     pilot_idle_timeout_seconds: float = Field(300.0, gt=0, description="--idle-timeout given to VM pilots.")
+    ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA that signed the server's certificate when it is not one the VMs' images "
+        "trust: it goes into the user-data, for the pilot's download and the pilot (--ca-file).",
+    )
+    _ca_pem: str | None = PrivateAttr(None)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _readable_ca(cls, path: Path | None) -> Path | None:
+        # Checked when the configuration is loaded: an unusable file stops the server at start, not a VM later.
+        if path is not None:
+            read_ca_pem(path)
+        return path
+
+    @model_validator(mode="after")
+    def _keep_ca(self) -> ProvisionerConfig:
+        self._ca_pem = read_ca_pem(self.ca_file) if self.ca_file is not None else None
+        return self
+
+    @property
+    def ca_pem(self) -> str | None:
+        """The certificates of ``ca_file`` (PEM text), or None."""
+        return self._ca_pem
+
+
+def _one_reference(value: dict[str, Any]) -> bool:
+    [(source, name)] = value.items() if len(value) == 1 else [("", None)]
+    return source in SECRET_SOURCES and isinstance(name, str) and bool(name)
+
+
+MAX_CA_BYTES = 8192  # user-data holds at most 16 KB on EC2: room for a CA chain, not for a whole bundle
+
+
+def read_ca_pem(path: Path) -> str:
+    """The PEM certificates of ``path``; ValueError naming the file and what is wrong with it."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    if "-----BEGIN CERTIFICATE-----" not in text:
+        raise ValueError(f"{path} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
+    if len(text.encode()) > MAX_CA_BYTES:
+        raise ValueError(f"{path} is larger than {MAX_CA_BYTES} bytes: give only the CA(s) of the server's chain")
+    return text

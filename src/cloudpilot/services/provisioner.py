@@ -308,6 +308,7 @@ class Provisioner:
                 idle_timeout_seconds=self.config.provisioner.pilot_idle_timeout_seconds,
                 machinefeatures_url=f"{server_url.rstrip('/')}/mjf/{vm_id}/machine",
                 jobfeatures_url=f"{server_url.rstrip('/')}/mjf/{vm_id}/job",
+                ca_pem=self.config.provisioner.ca_pem,  # a private CA of the server's certificate, if any
             )
             request = LaunchRequest(
                 vm_id=vm_id,

@@ -231,20 +231,21 @@ def test_unreachable_endpoint_is_retryable_and_leaks_nothing() -> None:
 
 
 class EchoingEC2(BaseHTTPRequestHandler):
-    """An EC2 endpoint that lists no instances and fails every other call, quoting the request URL.
+    """An EC2 endpoint that lists no instances and fails every other call, quoting the request it got.
 
-    The EC2 query API sends the user-data (base64, URL-encoded) in that URL: a cloud or proxy that echoes it in
-    an error must not get it into our messages.
+    Our driver sends the user-data (base64, form-encoded) in the POST body: a cloud or proxy that echoes it in an
+    error must not get it into our messages.
     """
 
     NO_INSTANCES = f'<DescribeInstancesResponse xmlns="{NAMESPACE}"><reservationSet/></DescribeInstancesResponse>'
     ERROR = "<Response><Errors><Error><Code>InternalError</Code><Message>{}</Message></Error></Errors></Response>"
 
-    def do_GET(self) -> None:
-        if "Action=DescribeInstances" in self.path:
+    def do_POST(self) -> None:
+        form = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        if "Action=DescribeInstances" in form:
             status, body = 200, self.NO_INSTANCES
         else:
-            status, body = 503, self.ERROR.format(escape(f"internal error while serving {self.path}"))
+            status, body = 503, self.ERROR.format(escape(f"internal error while serving {self.path}?{form}"))
         data = body.encode()
         self.send_response(status)
         self.send_header("Content-Type", "text/xml")
@@ -252,7 +253,7 @@ class EchoingEC2(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def log_message(self, format: str, *args: Any) -> None:  # the request line carries the user-data
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
 

@@ -37,6 +37,7 @@ from libcloud.compute.types import NodeState
 from cloudpilot.clouds.base import TAG_MANAGED, TAG_VM_ID, Instance, InstanceState, LaunchRequest
 from cloudpilot.clouds.errors import CloudConfigError, CloudError, Fatal
 from cloudpilot.clouds.libcloud_catalog import endpoint_error
+from cloudpilot.clouds.libcloud_ec2 import PostEC2NodeDriver
 from cloudpilot.clouds.libcloud_errors import Redactor, config_error, is_not_found, translate
 from cloudpilot.clouds.libcloud_moto import MotoEC2NodeDriver
 from cloudpilot.clouds.libcloud_profiles import ProviderProfile, profile_for
@@ -176,11 +177,11 @@ class LibcloudDriver:
             cls: type[NodeDriver] = get_driver(provider)
         except Exception as exc:  # AttributeError if unknown; a bare Exception if retired; ImportError
             raise CloudConfigError(self.name, f"Libcloud has no usable compute provider {provider!r}: {exc}") from exc
-        if not ec2_moto_compat:
-            return cls
-        if cls is not EC2NodeDriver:
+        if ec2_moto_compat and cls is not EC2NodeDriver:
             raise CloudConfigError(self.name, f"ec2_moto_compat applies to provider 'ec2' only, not {provider!r}")
-        return MotoEC2NodeDriver
+        if cls is EC2NodeDriver:  # RunInstances as a POST: the user-data, with the VM's token, in no URL
+            return MotoEC2NodeDriver if ec2_moto_compat else PostEC2NodeDriver
+        return cls
 
     def _call(self, action: str, fn: Callable[[], T], redact: Redactor | None = None) -> T:
         """Run one Libcloud call, translating whatever it raises."""

@@ -5,8 +5,8 @@ Four differences between moto's server and AWS matter to Libcloud's EC2 driver:
 * moto listens on plain HTTP on a local port: the driver is made with ``secure=False`` (``host``/``port`` come
   from the cloud's driver arguments);
 * moto takes the region from the SigV4 ``Authorization`` header (a SigV2 request, Libcloud's default in
-  us-east-1, lands in moto's default region whatever the driver's region): ``signature_version="4"`` is the
-  default here;
+  us-east-1, lands in moto's default region whatever the driver's region): SigV4 is what
+  :class:`~cloudpilot.clouds.libcloud_ec2.PostEC2NodeDriver`, the parent here, always uses;
 * moto answers with the XML namespace ``http://ec2.amazonaws.com/doc/2016-11-15`` *without* the trailing slash
   that AWS sends, and Libcloud looks elements up with the exact namespace (``{ns}reservationSet``), so it would
   find nothing. The response class below rewrites moto's namespace to Libcloud's before parsing;
@@ -20,7 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Connection, EC2NodeDriver, EC2Response
+from libcloud.compute.drivers.ec2 import NAMESPACE, EC2Response
+
+from cloudpilot.clouds.libcloud_ec2 import PostEC2Connection, PostEC2NodeDriver
 
 # Libcloud's namespace is NAMESPACE (with the trailing slash); moto's is the same string without it.
 _MOTO_XMLNS = f'xmlns="{NAMESPACE.rstrip("/")}"'
@@ -43,16 +45,15 @@ class MotoEC2Response(EC2Response):
         return super().parse_error()
 
 
-class MotoEC2Connection(EC2Connection):
+class MotoEC2Connection(PostEC2Connection):
     responseCls = MotoEC2Response
 
 
-class MotoEC2NodeDriver(EC2NodeDriver):
-    """Libcloud's EC2 driver with plain HTTP and SigV4 by default and moto's namespace tolerated."""
+class MotoEC2NodeDriver(PostEC2NodeDriver):
+    """Our EC2 driver (actions as POSTs, SigV4) with plain HTTP by default and moto's namespace tolerated."""
 
     connectionCls = MotoEC2Connection
 
     def __init__(self, key: str, secret: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("secure", False)
-        kwargs.setdefault("signature_version", "4")
         super().__init__(key, secret, **kwargs)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from cloudpilot.clouds.base import CloudDriver
+from cloudpilot.clouds.errors import CloudConfigError
 from cloudpilot.config.clouds import LibcloudCloudConfig, LocalCloudConfig
+from cloudpilot.config.secrets import SecretUnavailable, resolve_secrets
 
 
 def build_driver(name: str, settings: LocalCloudConfig | LibcloudCloudConfig, data_dir: Path) -> CloudDriver:
@@ -25,16 +28,33 @@ def build_driver(name: str, settings: LocalCloudConfig | LibcloudCloudConfig, da
         )
     from cloudpilot.clouds.libcloud_driver import LibcloudDriver
 
+    driver_args, driver_kwargs = libcloud_credentials(name, settings)
     return LibcloudDriver(
         name,
         settings.provider,
-        settings.driver_args,
-        settings.driver_kwargs,
+        driver_args,
+        driver_kwargs,
         settings.images,
         {flavor: f.size or flavor for flavor, f in settings.flavors.items()},
         settings.options,
         ec2_moto_compat=settings.ec2_moto_compat,
     )
+
+
+def libcloud_credentials(name: str, settings: LibcloudCloudConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The driver's arguments with secrets read from the environment or files and, for ``openstack_cloud``, the
+    clouds.yaml entry's auth and region underneath (what the cloud's own driver_args/kwargs give wins)."""
+    from cloudpilot.clouds.openstack_clouds_yaml import libcloud_openstack_args
+
+    try:
+        args = resolve_secrets("driver_args", settings.driver_args)
+        kwargs = resolve_secrets("driver_kwargs", settings.driver_kwargs)
+    except SecretUnavailable as exc:
+        raise CloudConfigError(name, str(exc)) from None
+    if settings.openstack_cloud is None:
+        return args, kwargs
+    base_args, base_kwargs = libcloud_openstack_args(name, settings.openstack_cloud, settings.clouds_yaml)
+    return {**base_args, **args}, {**base_kwargs, **kwargs}
 
 
 def build_drivers(clouds: dict[str, LocalCloudConfig | LibcloudCloudConfig], data_dir: Path) -> dict[str, CloudDriver]:

@@ -20,6 +20,8 @@ from cloudpilot.api.middleware import RequestMiddleware
 from cloudpilot.api.notify import WorkNotifier
 from cloudpilot.api.responses import json_response
 from cloudpilot.services.container import Services
+from cloudpilot.services.leadership import Change
+from cloudpilot.store.errors import Fenced
 
 log = logging.getLogger("cloudpilot.server")
 
@@ -37,12 +39,16 @@ async def _every(  # type: ignore[no-untyped-def]
     due_at: Callable[[], float | None] = lambda: None,
 ) -> None:
     """Run ``tick(now)`` every ``interval``, or sooner when ``wake`` is set or at ``due_at()`` (a time the last
-    tick asked to run again at); a failing tick is logged with its traceback and retried at the next turn."""
+    tick asked to run again at), while this server leads; a failing tick is logged with its traceback and
+    retried at the next turn."""
     while True:
         try:
-            result = await run_in_threadpool(tick, services.clock.now())
-            if result:
-                log.info("%s: %d handled", name, len(result))
+            if services.leadership.leading:
+                result = await run_in_threadpool(tick, services.clock.now())
+                if result:
+                    log.info("%s: %d handled", name, len(result))
+        except Fenced as exc:  # leadership was lost during the tick: the store refused its writes
+            log.warning("%s stopped: %s", name, exc)
         except Exception:
             log.exception("%s failed; retrying in %.0f s", name, interval)
         if wake is None:
@@ -58,6 +64,23 @@ async def _every(  # type: ignore[no-untyped-def]
         wake.clear()
 
 
+async def _poll_leadership(services: Services, wake: asyncio.Event) -> None:
+    """Take or check leadership once; a server that just took over runs its provisioning cycle at once."""
+    try:
+        change = await run_in_threadpool(services.leadership.poll, services.clock.now(), services.reaper.resume)
+    except Exception:
+        log.exception("leadership: taking over failed; trying again at the next poll")
+        return
+    if change is Change.GAINED:
+        wake.set()
+
+
+async def _lead(services: Services, wake: asyncio.Event) -> None:
+    while True:
+        await asyncio.sleep(services.leadership.poll_seconds)
+        await _poll_leadership(services, wake)
+
+
 def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     notifier = WorkNotifier()
     services.work_listeners.append(notifier.notify)
@@ -67,15 +90,19 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
         notifier.bind(asyncio.get_running_loop())
         loops: list[asyncio.Task[None]] = []
         if run_loops:
+            # Other server processes of the database: their new work and revocations reach this one.
+            await run_in_threadpool(services.start_signals)
             reaper = services.reaper
-            # Before the first tick: time the server was down does not count against leases (services/reaper.py).
-            await run_in_threadpool(reaper.resume, services.clock.now())
+            wake = asyncio.Event()
+            # The loops below tick only while this server leads (services/leadership.py). Taking over, it
+            # first resumes the leases: time without a reaper does not count against them (services/reaper.py).
+            await _poll_leadership(services, wake)
+            loops.append(asyncio.create_task(_lead(services, wake)))
             loops.append(asyncio.create_task(_every(reaper.interval, "lease reaper", reaper.tick, services)))
             # One loop, monitor then provisioner, so they never act on the same VM at once; new work wakes
             # it, so a job waiting with no VM up does not wait for the next interval too. Without clouds it
             # still runs: it explains why work waits (for pilots, then).
             interval = services.config.provisioner.interval_seconds
-            wake = asyncio.Event()
             loop = asyncio.get_running_loop()
             services.work_listeners.append(lambda: loop.call_soon_threadsafe(wake.set))
             cycle = _every(
@@ -91,10 +118,17 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if run_loops:  # local VMs are this machine's processes: they stop with it (keep_vms_on_stop)
+            # Local VMs are the leader's machine's processes: they stop with it (keep_vms_on_stop). A follower
+            # leaves them alone: they are another server's.
+            if run_loops and services.leadership.leading:
                 stopped = await run_in_threadpool(services.vm_monitor.stop_with_server, services.clock.now())
                 if stopped:
                     log.info("server stopping: %s", "; ".join(stopped))
+            if run_loops:  # another server takes over at its next poll, not when PostgreSQL notices us gone
+                await run_in_threadpool(services.leadership.release)
+                if services.signals is not None:
+                    await run_in_threadpool(services.signals.stop)
+                    services.signals = None
 
     app = FastAPI(
         title="cloudpilot",
@@ -122,6 +156,7 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
 
     @app.get("/api/v1/health", tags=["server"], summary="Liveness and version")
     def health() -> Response:
-        return json_response({"status": "ok", "version": __version__})
+        # "leader": whether this process runs the provisioner, VM monitor, reaper and images (one per database).
+        return json_response({"status": "ok", "version": __version__, "leader": services.leadership.leading})
 
     return app

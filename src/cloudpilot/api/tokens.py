@@ -58,5 +58,5 @@ def list_tokens(
 def revoke_token(token_id: str, principal: PrincipalDep, services: ServicesDep) -> Response:
     require(principal, Role.ADMIN)
     services.tokens.revoke(token_id, services.clock.now())
-    services.auth.forget()
+    services.auth.revoked()
     return json_response({"id": token_id, "revoked": True})

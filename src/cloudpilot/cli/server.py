@@ -41,8 +41,11 @@ def server(
     port: int = typer.Option(8080, help="Port to listen on."),
     log_level: str = typer.Option("info", help="Log level (debug, info, warning)."),
     log_format: LogFormat = typer.Option(LogFormat.HUMAN, help="human, or json: one JSON object per line."),
+    workers: int = typer.Option(
+        1, min=1, help="Server processes sharing this port (PostgreSQL only; see docs/deployment.md)."
+    ),
 ) -> None:
-    """Run the API server with its background loops (lease reaper)."""
+    """Run the API server with its background loops (provisioner, VM monitor, lease reaper, image lists)."""
     import uvicorn
 
     from cloudpilot.api.app import create_app
@@ -52,8 +55,19 @@ def server(
     from cloudpilot.services.container import Services
 
     log_config = configure_logging(log_level, log_format.value)  # docs/operations.md
+    server_config = load_config_or_exit(config)
+    if not server_config.database_url_for(data_dir).startswith("postgresql"):
+        _refuse_sqlite_sharing(data_dir, workers)
+    elif workers > 1:
+        from cloudpilot.api.workers import APP, prepare_workers, worker_options
+
+        prepare_workers(config, data_dir, f"http://{host}:{port}", log_level, log_format.value)
+        options = worker_options(uvicorn_options(server_config))
+        uvicorn.run(APP, factory=True, workers=workers, host=host, port=port, log_level=log_level,
+                    access_log=False, log_config=log_config, **options)  # fmt: skip
+        return
     try:
-        services = Services.build(load_config_or_exit(config), data_dir)
+        services = Services.build(server_config, data_dir)
     except CloudConfigError as exc:  # an unknown provider or option: one line naming it, not a traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -62,3 +76,23 @@ def server(
     options = uvicorn_options(services.config)  # server.*: header and keep-alive timeouts, head size
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=log_config, **options)
 
+
+def _refuse_sqlite_sharing(data_dir: Path, workers: int) -> None:
+    """SQLite: one server process per data directory (it would not share leadership with a second one)."""
+    from cloudpilot.services.leadership import DataDirInUse, lock_data_dir
+
+    if workers > 1:
+        typer.echo(
+            "error: --workers needs a PostgreSQL database (database_url: postgresql+psycopg://...): "
+            "SQLite has one writer, and several processes on it would each run the provisioner",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        _HELD.append(lock_data_dir(data_dir))  # held until the process ends
+    except DataDirInUse as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+_HELD: list[object] = []  # the data directory's lock file, open for the life of the server

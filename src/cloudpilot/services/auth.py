@@ -21,6 +21,7 @@ class Authenticator:
     def __init__(self, tokens: TokenRepository, on_reuse: Callable[[str, float], None] | None = None) -> None:
         self.tokens = tokens
         self.on_reuse = on_reuse
+        self.on_revoke: Callable[[], None] | None = None  # set when other server processes must hear of it
         self._cache: dict[str, tuple[Principal, float]] = {}
         self._lock = threading.Lock()
 
@@ -56,6 +57,13 @@ class Authenticator:
     def forget(self) -> None:
         with self._lock:
             self._cache.clear()
+
+    def revoked(self) -> None:
+        """A token was revoked: forget every cached principal here, and (``on_revoke``) in the other server
+        processes of the database, which hear of it within milliseconds (services/container.py)."""
+        self.forget()
+        if self.on_revoke is not None:
+            self.on_revoke()
 
     def evict(self, token_id: str) -> None:
         """Drop the cached principal of one token (a VM token just exchanged for a session)."""

@@ -17,6 +17,7 @@ from cloudpilot.services.cloud_health import CloudHealth
 from cloudpilot.services.clusters import ClusterService
 from cloudpilot.services.images import ImageService
 from cloudpilot.services.jobs import JobService
+from cloudpilot.services.leadership import Leadership, SoleLeadership, holder_name, leadership_for
 from cloudpilot.services.matcher import MatchService
 from cloudpilot.services.pilots import PilotService
 from cloudpilot.services.provisioner import Provisioner
@@ -36,6 +37,7 @@ from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.log_tails import LogTailRepository
 from cloudpilot.store.migrations import upgrade
 from cloudpilot.store.pilots import PilotRepository
+from cloudpilot.store.pubsub import PgSignals
 from cloudpilot.store.sandboxes import SandboxRepository
 from cloudpilot.store.sites import SiteRepository
 from cloudpilot.store.tokens import TokenRepository
@@ -67,6 +69,8 @@ class Services:
     waiting: WaitingService
     work_listeners: list[Callable[[], None]] = field(default_factory=list)
     public_url: str = "http://127.0.0.1:8080"  # where VMs reach this server; set by the server once it listens
+    leadership: Leadership = field(default_factory=SoleLeadership)  # who runs the loops (services/leadership.py)
+    signals: PgSignals | None = None  # to and from the other server processes (PostgreSQL; start_signals)
 
     @classmethod
     def build(cls, config: ServerConfig, data_dir: Path, clock: Clock | None = None) -> Services:
@@ -154,6 +158,7 @@ class Services:
             ),
             images=images,
             waiting=WaitingService(config, job_service, waiting_reasons, images),
+            leadership=leadership_for(db),
         )
         return services
 
@@ -167,13 +172,43 @@ class Services:
         return self.config.provisioner.server_url or self.public_url
 
     def new_work(self) -> None:
-        """Jobs became waiting: refresh the matcher's snapshot and wake long-polling pilots."""
+        """Jobs became waiting: refresh the matcher's snapshot and wake long-polling pilots, here and (through
+        PostgreSQL) in every other server process of the database."""
+        self.work_elsewhere()
+        if self.signals is not None:
+            self.signals.send(WORK_CHANNEL)
+
+    def work_elsewhere(self, _payload: str = "") -> None:
+        """New work in this or another process: what :meth:`new_work` does here, without telling anyone."""
         self.matcher.invalidate()
         for listener in self.work_listeners:
             listener()
 
+    def start_signals(self) -> None:
+        """On PostgreSQL, hear new work and revoked tokens of the other server processes, and tell them ours
+        (a server does this when it starts serving; tests that only build services do not)."""
+        if not self.db.is_postgres or self.signals is not None:
+            return
+
+        def missed_signals() -> None:  # the listener was disconnected: drop what the lost signals would have
+            self.auth.forget()
+            self.work_elsewhere()
+
+        channels = {WORK_CHANNEL: self.work_elsewhere, AUTH_CHANNEL: lambda _payload: self.auth.forget()}
+        self.signals = PgSignals(self.db.url, holder_name(), channels, on_reconnect=missed_signals)
+        self.auth.on_revoke = lambda: self.signals.send(AUTH_CHANNEL) if self.signals is not None else None
+        self.signals.start()
+
     def close(self) -> None:
+        if self.signals is not None:
+            self.signals.stop()
+            self.signals = None
+        self.leadership.release()
         self.db.dispose()
+
+
+WORK_CHANNEL = "cloudpilot_work"  # jobs became waiting (submitted, requeued)
+AUTH_CHANNEL = "cloudpilot_auth"  # a token was revoked: drop cached principals
 
 
 def _price_of(config: ServerConfig, cloud: str) -> float:

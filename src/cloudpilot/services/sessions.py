@@ -73,4 +73,4 @@ class PilotSessions:
     def close(self, pilot_id: str, now: float) -> None:
         """The pilot halted: its session dies now (not a cache period later)."""
         if self.tokens.revoke_for_pilot(pilot_id, now):
-            self.auth.forget()
+            self.auth.revoked()

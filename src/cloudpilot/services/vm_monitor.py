@@ -185,6 +185,7 @@ class VMMonitor:
         return []
 
     def _destroy_stray(self, cloud: str, driver: CloudDriver, inst: Instance, now: float) -> list[str]:
+        self.vms.check_fence()  # an instance the new leader just started looks stray to an old snapshot
         try:
             driver.destroy(inst.instance_id)
         except CloudError as exc:
@@ -195,6 +196,7 @@ class VMMonitor:
     def _destroy(self, vm: VM, now: float) -> list[str]:
         driver = self.drivers.get(vm.cloud)
         if vm.instance_id is not None and driver is not None:
+            self.vms.check_fence()  # a deposed leader destroys nothing (it raises Fenced)
             try:
                 driver.destroy(vm.instance_id)
             except CloudError as exc:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 
+from cloudpilot.store.fence import EpochFence
+
 
 class Database:
     """Owns the engine. ``read()`` and ``write()`` each give one transaction.
@@ -24,6 +26,8 @@ class Database:
         self.is_postgres = url.startswith("postgresql")
         self._write_lock = threading.Lock()
         self.engine = _make_engine(url)
+        # The leader's epoch: the writes only a leader makes check it (store/fence.py, services/leadership.py).
+        self.fence = EpochFence()
 
     @contextmanager
     def read(self) -> Iterator[Connection]:

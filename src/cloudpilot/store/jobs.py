@@ -391,6 +391,7 @@ class JobRepository:
         not count against the pilots). Returns (active leases, leases extended)."""
         active = jobs.c.state.in_([s.value for s in ACTIVE_STATES])
         with self.db.write() as conn:
+            self.db.fence.check(conn)
             held = conn.execute(select(func.count()).select_from(jobs).where(active)).scalar_one()
             short = and_(active, jobs.c.lease_expires_at < until)
             extended = conn.execute(update(jobs).where(short).values(lease_expires_at=until)).rowcount
@@ -414,6 +415,7 @@ class JobRepository:
     ) -> list[Requeued]:
         done: list[Requeued] = []
         with self.db.write() as conn:
+            self.db.fence.check(conn)  # requeues are the leader's (reaper, VM monitor): not a deposed one's
             stmt = select(jobs).where(where).order_by(jobs.c.lease_expires_at).limit(limit)
             if self.db.is_postgres:
                 stmt = stmt.with_for_update(skip_locked=True)

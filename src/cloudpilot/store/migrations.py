@@ -13,6 +13,9 @@ from sqlalchemy import Connection, inspect, select
 from cloudpilot.store import schema
 from cloudpilot.store.database import Database
 
+# PostgreSQL advisory lock held by ``upgrade`` (the bytes of "cpmigrat"): one server migrates at a time.
+UPGRADE_LOCK_KEY = int.from_bytes(b"cpmigrat", "big", signed=True)
+
 
 def _initial(conn: Connection) -> None:
     tables = [
@@ -90,6 +93,12 @@ def _job_log_tails(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=[schema.job_log_tails])
 
 
+def _leadership(conn: Connection) -> None:
+    schema.metadata.create_all(conn, tables=[schema.leadership])
+    if conn.execute(select(schema.leadership.c.id)).first() is None:
+        conn.execute(schema.leadership.insert().values(id=1, epoch=0, holder="", since=0.0))
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
     (2, "VMs and their history; tokens and pilots bound to a VM", _vms),
@@ -99,6 +108,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (6, "why each task queue's jobs wait, as the provisioner explained it", _waiting_reasons),
     (7, "pilot sessions: tokens bound to one pilot; one-time VM registration tokens", _pilot_sessions),
     (8, "the latest tail of each job's job.log, sent with its pilot's heartbeats", _job_log_tails),
+    (9, "leadership: the epoch of the server that runs the loops (fences a deposed leader's writes)", _leadership),
 ]
 
 LATEST = max(version for version, _, _ in MIGRATIONS)  # steps may be added out of order
@@ -116,6 +126,9 @@ def upgrade(db: Database, target: int = LATEST) -> list[int]:
     """Apply every migration above the current version up to ``target``; return the versions applied."""
     applied: list[int] = []
     with db.write() as conn:
+        if db.is_postgres:
+            # Servers started together: one migrates, the others wait here, then find nothing left to do.
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({UPGRADE_LOCK_KEY})")
         schema.metadata.create_all(conn, tables=[schema.schema_migrations])
         done = set(conn.execute(select(schema.schema_migrations.c.version)).scalars())
         for version, name, step in MIGRATIONS:

@@ -407,3 +407,15 @@ job_log_tails = Table(
     Column("tail", Text, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
+
+# One row (id 1): the epoch of the current leader, raised by each server that takes leadership (migration 9).
+# Writes of the leader's loops check it in their own transaction, so a deposed leader's writes are refused
+# (store/fence.py, services/leadership.py).
+leadership = Table(
+    "leadership",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("epoch", BigInteger, nullable=False),
+    Column("holder", String(200), nullable=False),  # host:pid of the leader, for operators
+    Column("since", Float, nullable=False),
+)

@@ -51,7 +51,9 @@ class VMRepository:
         self.db = db
 
     def create(self, vm: VM, reason: str) -> VM:
+        """Record a VM about to be started; refused (:class:`Fenced`) from a deposed leader."""
         with self.db.write() as conn:
+            self.db.fence.check(conn)
             conn.execute(
                 insert(vms).values(
                     **{k: getattr(vm, k) for k in _FIELDS},
@@ -109,6 +111,8 @@ class VMRepository:
     def move(self, vm_id: str, target: VMState, now: float, reason: str, **values: Any) -> VM:
         """Change a VM's state (and other fields) if the transitions table allows it."""
         with self.db.write() as conn:
+            if target is VMState.DESTROYED:
+                self.db.fence.check(conn)  # only the leader destroys (services/vm_monitor.py)
             vm = self._get(conn, vm_id)
             check_vm_transition(vm_id, vm.state, target)
             result = conn.execute(
@@ -124,6 +128,12 @@ class VMRepository:
                 )
             )
             return self._get(conn, vm_id)
+
+    def check_fence(self) -> None:
+        """Raise :class:`Fenced` if this process led under an epoch that is no longer current: called before a
+        cloud call only the leader may make (destroying an instance)."""
+        with self.db.read() as conn:
+            self.db.fence.check(conn)
 
     def note(self, vm_id: str, now: float, reason: str) -> None:
         """An event in the VM's history that changes nothing (a security event): from and to its current state."""

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from cloudpilot.cli.server_transport import CertFile, KeyFile, exit_if_vms_cannot_reach, tls_options_or_exit
+
 if TYPE_CHECKING:
     from cloudpilot.config import ServerConfig
 
@@ -44,6 +46,8 @@ def server(
     workers: int = typer.Option(
         1, min=1, help="Server processes sharing this port (PostgreSQL only; see docs/deployment.md)."
     ),
+    tls_cert: Path | None = CertFile,
+    tls_key: Path | None = KeyFile,
 ) -> None:
     """Run the API server with its background loops (provisioner, VM monitor, lease reaper, image lists)."""
     import uvicorn
@@ -55,26 +59,31 @@ def server(
     from cloudpilot.services.container import Services
 
     log_config = configure_logging(log_level, log_format.value)  # docs/operations.md
+    tls = tls_options_or_exit(tls_cert, tls_key)
+    public_url = f"{'https' if tls else 'http'}://{host}:{port}"
     server_config = load_config_or_exit(config)
+    exit_if_vms_cannot_reach(server_config, public_url)
     if not server_config.database_url_for(data_dir).startswith("postgresql"):
         _refuse_sqlite_sharing(data_dir, workers)
     elif workers > 1:
         from cloudpilot.api.workers import APP, prepare_workers, worker_options
 
-        prepare_workers(config, data_dir, f"http://{host}:{port}", log_level, log_format.value)
+        prepare_workers(config, data_dir, public_url, log_level, log_format.value)
         options = worker_options(uvicorn_options(server_config))
         uvicorn.run(APP, factory=True, workers=workers, host=host, port=port, log_level=log_level,
-                    access_log=False, log_config=log_config, **options)  # fmt: skip
+                    access_log=False, log_config=log_config, **options, **tls)  # fmt: skip
         return
     try:
         services = Services.build(server_config, data_dir)
     except CloudConfigError as exc:  # an unknown provider or option: one line naming it, not a traceback
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    services.public_url = f"http://{host}:{port}"
+    services.public_url = public_url
     app = create_app(services)
     options = uvicorn_options(services.config)  # server.*: header and keep-alive timeouts, head size
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False, log_config=log_config, **options)
+    uvicorn.run(
+        app, host=host, port=port, log_level=log_level, access_log=False, log_config=log_config, **options, **tls
+    )
 
 
 def _refuse_sqlite_sharing(data_dir: Path, workers: int) -> None:

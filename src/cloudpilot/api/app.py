@@ -22,6 +22,7 @@ from cloudpilot.api.responses import json_response
 from cloudpilot.services.container import Services
 from cloudpilot.services.leadership import Change
 from cloudpilot.store.errors import Fenced
+from cloudpilot.web import install as install_web_pages
 
 log = logging.getLogger("cloudpilot.server")
 
@@ -153,6 +154,7 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     app.include_router(clusters.router)
     app.include_router(images.router)
     app.include_router(metrics_router)
+    install_web_pages(app)  # /ui/: the dashboard (cloudpilot.web, docs/dashboard.md)
 
     @app.get("/api/v1/health", tags=["server"], summary="Liveness and version")
     def health() -> Response:

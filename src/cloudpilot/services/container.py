@@ -15,6 +15,7 @@ from cloudpilot.services.clock import Clock, SystemClock
 from cloudpilot.services.cloud_drivers import build_drivers
 from cloudpilot.services.cloud_health import CloudHealth
 from cloudpilot.services.clusters import ClusterService
+from cloudpilot.services.dashboard import DashboardService
 from cloudpilot.services.images import ImageService
 from cloudpilot.services.jobs import JobService
 from cloudpilot.services.leadership import Leadership, SoleLeadership, holder_name, leadership_for
@@ -40,6 +41,8 @@ from cloudpilot.store.pilots import PilotRepository
 from cloudpilot.store.pubsub import PgSignals
 from cloudpilot.store.sandboxes import SandboxRepository
 from cloudpilot.store.sites import SiteRepository
+from cloudpilot.store.stats import StatsRepository
+from cloudpilot.store.timeline import TimelineRepository
 from cloudpilot.store.tokens import TokenRepository
 from cloudpilot.store.vms import VMRepository
 from cloudpilot.store.waiting import WaitingReasonRepository
@@ -67,6 +70,7 @@ class Services:
     clusters: ClusterService
     images: ImageService
     waiting: WaitingService
+    dashboard: DashboardService  # what the web pages (cloudpilot.web) show beyond the REST resources
     work_listeners: list[Callable[[], None]] = field(default_factory=list)
     public_url: str = "http://127.0.0.1:8080"  # where VMs reach this server; set by the server once it listens
     leadership: Leadership = field(default_factory=SoleLeadership)  # who runs the loops (services/leadership.py)
@@ -158,6 +162,9 @@ class Services:
             ),
             images=images,
             waiting=WaitingService(config, job_service, waiting_reasons, images),
+            dashboard=DashboardService(
+                config, job_service, vm_repo, StatsRepository(db), TimelineRepository(db), health
+            ),
             leadership=leadership_for(db),
         )
         return services

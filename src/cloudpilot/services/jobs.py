@@ -67,10 +67,19 @@ class JobService:
         return self.jobs.history(job_id)
 
     def list(
-        self, principal: Principal, state: JobState | None, limit: int, after_id: int, name: str | None = None
+        self,
+        principal: Principal,
+        state: JobState | None,
+        limit: int,
+        after_id: int,
+        name: str | None = None,
+        vo: str | None = None,
     ) -> list[Job]:
-        vo, owner = self.scope(principal)
-        return self.jobs.list(vo, owner, state, limit, after_id, name)
+        """The caller's jobs; ``vo`` narrows them to one VO (a user's other VOs hold none of theirs)."""
+        scope_vo, owner = self.scope(principal)
+        if vo is not None and scope_vo is not None and vo != scope_vo:
+            return []
+        return self.jobs.list(scope_vo or vo, owner, state, limit, after_id, name)
 
     def resubmit(self, principal: Principal, job_ids: Sequence[int], now: float) -> list[int]:
         """New waiting jobs from the stored specs of final jobs (input sandbox included), in the order given (an id

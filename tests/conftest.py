@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.helpers.server_process",
     "tests.helpers.pilots",
     "tests.helpers.images",
+    "tests.helpers.moto_s3",
 ]
 
 

@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from cloudpilot.api.responses import error_body, json_response
 from cloudpilot.domain.errors import IllegalTransition, InvalidJobSpec, StaleLease
 from cloudpilot.services.errors import BadInput, Forbidden, TooMany, Unauthenticated
-from cloudpilot.storage.base import StorageError, TooLarge
+from cloudpilot.storage.base import StorageError, StorageUnavailable, TooLarge
 from cloudpilot.store.errors import Conflict, NotFound
 
 
@@ -53,6 +53,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BadInput, handler(422, "invalid"))
     app.add_exception_handler(InvalidJobSpec, handler(422, "invalid"))
     app.add_exception_handler(StorageError, handler(400, "bad_request"))
+    app.add_exception_handler(StorageUnavailable, handler(503, "storage_unavailable"))  # the object store's fault
     # A safety net under the bounds of every model (api/params.py): a value the database cannot hold (a NUL
     # on PostgreSQL, an integer past 64 bits) is the caller's 422, not a 500; the transaction rolled back.
     app.add_exception_handler(DataError, handler(422, "invalid", "a value is out of range or cannot be stored"))

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import anyio
 from fastapi import Request
+from starlette.concurrency import run_in_threadpool
 
 from cloudpilot.domain.auth import Principal
 from cloudpilot.services.container import Services
 from cloudpilot.storage.base import TooLarge
+
+# The body arrives in pieces of ~64 KiB; they go to storage in batches of this size from a worker thread, since
+# a write may block (a disk, or an S3 part upload) and must not stall the event loop, and one thread hop per
+# piece would cost more than the write.
+BATCH_BYTES = 1 << 20
 
 
 async def receive_sandbox(request: Request, services: Services, principal: Principal) -> tuple[str, int]:
@@ -16,10 +23,23 @@ async def receive_sandbox(request: Request, services: Services, principal: Princ
         raise TooLarge(store.max_bytes)
     writer = store.writer()
     try:
+        batch = bytearray()
+        received = 0
         async for chunk in request.stream():
-            writer.write(chunk)
-        sandbox_id, size = writer.commit()
+            received += len(chunk)
+            if received > store.max_bytes:  # refused as the bytes arrive, not after a whole batch
+                raise TooLarge(store.max_bytes)
+            batch += chunk
+            if len(batch) >= BATCH_BYTES:
+                await run_in_threadpool(writer.write, bytes(batch))
+                batch.clear()
+        if batch:
+            await run_in_threadpool(writer.write, bytes(batch))
+        sandbox_id, size = await run_in_threadpool(writer.commit)
     finally:
-        writer.discard()
+        # Shielded: starlette cancels the request's scope when the client goes, and every await in a cancelled
+        # scope would be cancelled again; what a cut-off upload left must still go.
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(writer.discard)
     services.sandbox_records.record(sandbox_id, size, principal.token_id, services.clock.now())
     return sandbox_id, size

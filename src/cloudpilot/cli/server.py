@@ -57,6 +57,7 @@ def server(
     from cloudpilot.api.logs import configure_logging
     from cloudpilot.clouds.errors import CloudConfigError
     from cloudpilot.services.container import Services
+    from cloudpilot.storage.base import StorageConfigError
 
     log_config = configure_logging(log_level, log_format.value)  # docs/operations.md
     tls = tls_options_or_exit(tls_cert, tls_key)
@@ -68,6 +69,7 @@ def server(
     elif workers > 1:
         from cloudpilot.api.workers import APP, prepare_workers, worker_options
 
+        _exit_if_storage_unusable(server_config, data_dir)  # once here, not as a traceback in every worker
         prepare_workers(config, data_dir, public_url, log_level, log_format.value)
         options = worker_options(uvicorn_options(server_config))
         uvicorn.run(APP, factory=True, workers=workers, host=host, port=port, log_level=log_level,
@@ -75,7 +77,7 @@ def server(
         return
     try:
         services = Services.build(server_config, data_dir)
-    except CloudConfigError as exc:  # an unknown provider or option: one line naming it, not a traceback
+    except (CloudConfigError, StorageConfigError) as exc:  # a bad cloud or bucket: one line naming it
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     services.public_url = public_url
@@ -84,6 +86,18 @@ def server(
     uvicorn.run(
         app, host=host, port=port, log_level=log_level, access_log=False, log_config=log_config, **options, **tls
     )
+
+
+def _exit_if_storage_unusable(server_config: ServerConfig, data_dir: Path) -> None:
+    """The sandbox store can be built (storage.kind s3: the bucket answers and takes a write), or exit 2."""
+    from cloudpilot.services.sandbox_storage import build_sandbox_store
+    from cloudpilot.storage.base import StorageConfigError
+
+    try:
+        build_sandbox_store(server_config, data_dir)
+    except StorageConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 def _refuse_sqlite_sharing(data_dir: Path, workers: int) -> None:

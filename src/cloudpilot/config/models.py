@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cloudpilot.config.clouds import CloudConfig, ProvisionerConfig
 from cloudpilot.config.errors import describe
+from cloudpilot.config.storage import StorageConfig
 from cloudpilot.domain.provisioning import ProvisioningKnobs
 
 
@@ -44,11 +45,6 @@ class FairShareConfig(_Section):
 class JobsConfig(_Section):
     default_wall_seconds: int = Field(86400, ge=1, description="Wall-time limit of jobs that give none.")
     max_per_request: int = Field(100_000, ge=1, description="Most jobs one submission may create.")
-
-
-class StorageConfig(_Section):
-    max_sandbox_bytes: int = Field(100 * 1024 * 1024, ge=1, description="Largest input or output sandbox.")
-    path: Path | None = Field(None, description="Where sandboxes are kept; default DATA_DIR/sandboxes.")
 
 
 class MetricsConfig(_Section):
@@ -136,6 +132,7 @@ class ServerConfig(_Section):
         return self.database_url or f"sqlite:///{data_dir.resolve() / 'cloudpilot.db'}"
 
     def sandbox_dir_for(self, data_dir: Path) -> Path:
+        """Where a local store keeps sandboxes (storage.kind local)."""
         return self.storage.path or data_dir / "sandboxes"
 
     def vo_shares(self) -> dict[str, float]:

@@ -23,13 +23,14 @@ from cloudpilot.services.matcher import MatchService
 from cloudpilot.services.pilots import PilotService
 from cloudpilot.services.provisioner import Provisioner
 from cloudpilot.services.reaper import LeaseReaper
+from cloudpilot.services.sandbox_storage import build_sandbox_store
 from cloudpilot.services.sessions import PilotSessions
 from cloudpilot.services.site_control import SiteControl
 from cloudpilot.services.site_policy import SitePolicy
 from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.services.vm_monitor import VMMonitor
 from cloudpilot.services.waiting import WaitingService
-from cloudpilot.storage.local import LocalSandboxStore
+from cloudpilot.storage.base import SandboxStore
 from cloudpilot.store.accounting import AccountingRepository
 from cloudpilot.store.clusters import ClusterRepository
 from cloudpilot.store.database import Database
@@ -56,7 +57,7 @@ class Services:
     clock: Clock
     tokens: TokenRepository
     auth: Authenticator
-    sandbox_store: LocalSandboxStore
+    sandbox_store: SandboxStore
     sandbox_records: SandboxRepository
     jobs: JobService
     pilots: PilotService
@@ -88,7 +89,7 @@ class Services:
         pilot_repo = PilotRepository(db)
         drivers = build_drivers(config.clouds, data_dir)
         health = CloudHealth()  # what the monitor and the provisioner learn of each cloud; /clouds shows it
-        sandbox_store = LocalSandboxStore(config.sandbox_dir_for(data_dir), config.storage.max_sandbox_bytes)
+        sandbox_store = build_sandbox_store(config, data_dir)  # S3: the bucket is checked now (StorageConfigError)
         matcher = MatchService(job_repo, config)
         site_repo = SiteRepository(db)
         records = AccountingRepository(db)

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from cloudpilot.storage.base import StorageError, TooLarge
+from cloudpilot.storage.base import SandboxNotStored, TooLarge, digest_of, put_through, valid_sandbox_id
 
-_ID = re.compile(r"^sha256:[0-9a-f]{64}$")
+__all__ = ["CHUNK", "LocalSandboxStore", "SandboxWriter", "valid_sandbox_id"]
+
 CHUNK = 1 << 16
-
-
-def valid_sandbox_id(sandbox_id: str) -> bool:
-    return bool(_ID.match(sandbox_id))
 
 
 class SandboxWriter:
@@ -57,30 +54,28 @@ class LocalSandboxStore:
         (root / "tmp").mkdir(parents=True, exist_ok=True)
 
     def path_of(self, sandbox_id: str) -> Path:
-        if not valid_sandbox_id(sandbox_id):
-            raise StorageError(f"{sandbox_id!r} is not a sandbox id (sha256:<64 hex digits>)")
-        digest = sandbox_id.removeprefix("sha256:")
+        digest = digest_of(sandbox_id)
         return self.root / digest[:2] / digest
 
     def writer(self) -> SandboxWriter:
         return SandboxWriter(self)
 
     def put(self, chunks: Iterable[bytes]) -> tuple[str, int]:
-        writer = self.writer()
-        try:
-            for chunk in chunks:
-                writer.write(chunk)
-            return writer.commit()
-        finally:
-            writer.discard()
+        return put_through(self.writer(), chunks)
 
     def open(self, sandbox_id: str) -> Iterator[bytes]:
-        path = self.path_of(sandbox_id)
-        if not path.exists():
-            raise StorageError(f"sandbox {sandbox_id} is not stored")
-        with path.open("rb") as f:
-            while chunk := f.read(CHUNK):
-                yield chunk
+        # Opened here, not in the generator, so a missing sandbox is an error before any answer starts.
+        try:
+            f = self.path_of(sandbox_id).open("rb")
+        except FileNotFoundError:
+            raise SandboxNotStored(sandbox_id) from None
+        return _chunks(f)
 
     def exists(self, sandbox_id: str) -> bool:
         return valid_sandbox_id(sandbox_id) and self.path_of(sandbox_id).exists()
+
+
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(CHUNK):
+            yield chunk

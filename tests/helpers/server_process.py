@@ -21,6 +21,7 @@ from cloudpilot.store.database import Database
 from cloudpilot.store.migrations import upgrade
 from cloudpilot.store.tokens import TokenRepository
 from tests.helpers.server import free_port
+from tests.helpers.tls import PKI
 
 CLI = [sys.executable, "-c", "from cloudpilot.cli.main import app; app()"]
 
@@ -67,22 +68,38 @@ class ServerProcesses:
     started: list[ServerProcess] = field(default_factory=list)
 
     def start(
-        self, data_dir: Path, *args: str, env: dict[str, str] | None = None, port: int | None = None
+        self,
+        data_dir: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        tls: PKI | None = None,
+        cwd: Path | None = None,
     ) -> ServerProcess:
+        """``tls``: serve HTTPS with its certificate (the URL is https://, checked against its CA)."""
         port = port or free_port()  # a restarted server keeps its port: its pilots know only that URL
         log_path = self.base / f"server{len(self.started)}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [*CLI, "server", "--data-dir", str(data_dir), "--port", str(port), *args]
+        if tls is not None:
+            cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
+                cwd=cwd,
             )
-        server = ServerProcess(f"http://127.0.0.1:{port}", proc, log_path)
+        scheme = "https" if tls is not None else "http"
+        server = ServerProcess(f"{scheme}://127.0.0.1:{port}", proc, log_path)
         self.started.append(server)
         deadline = time.time() + 60
         while True:
             try:
-                if httpx.get(f"{server.url}/api/v1/health", timeout=2).status_code == 200:
+                verify = tls.context() if tls is not None else True
+                if httpx.get(f"{server.url}/api/v1/health", timeout=2, verify=verify).status_code == 200:
                     return server
             except httpx.TransportError:
                 pass

@@ -169,7 +169,8 @@ class HttpTransport:
             reason = getattr(exc, "reason", exc)
             if isinstance(reason, ssl.SSLCertVerificationError):
                 raise UntrustedServer(
-                    f"{what}: the server's TLS certificate is not trusted ({reason.verify_message or reason}); "
+                    f"{what}: the server's TLS certificate is not trusted (certificate verify failed: "
+                    f"{reason.verify_message or reason}); "
                     "give the pilot the CA that signed it with --ca-file"
                 ) from exc
             raise ServerUnreachable(f"{what}: {type(exc).__name__}: {reason}") from exc

@@ -11,9 +11,9 @@ from cloudpilot.api.accounting import _scope as accounting_scope  # the REST API
 from cloudpilot.domain.accounting import parse_group_by, parse_time
 from cloudpilot.services.errors import BadInput
 from cloudpilot.web.render import render
-from cloudpilot.web.routing import PrincipalDep, ServicesDep
+from cloudpilot.web.routing import PrincipalDep, ServicesDep, WebRoute
 
-router = APIRouter()
+router = APIRouter(route_class=WebRoute)  # errors as pages (web/routing.py)
 DAY = 86400.0
 GROUPINGS = ["vo", "site", "cloud", "vo,site", "vo,cloud", "site,cloud", "vo,site,cloud"]
 

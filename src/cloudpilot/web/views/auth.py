@@ -11,10 +11,10 @@ from fastapi.responses import RedirectResponse
 from cloudpilot.domain.auth import Role
 from cloudpilot.services.errors import Unauthenticated
 from cloudpilot.web.render import render
-from cloudpilot.web.routing import FormDep, read_form, services_of, sessions_of
+from cloudpilot.web.routing import FormDep, WebRoute, read_form, services_of, sessions_of
 from cloudpilot.web.sessions import COOKIE, LOGIN_COOKIE
 
-router = APIRouter()
+router = APIRouter(route_class=WebRoute)  # errors as pages (web/routing.py)
 LOGIN_SECONDS = 1800  # the login form's CSRF cookie
 
 

@@ -8,9 +8,9 @@ from fastapi import APIRouter, Request, Response
 
 from cloudpilot.domain.vms import VMState
 from cloudpilot.web.render import render
-from cloudpilot.web.routing import PrincipalDep, ServicesDep
+from cloudpilot.web.routing import PrincipalDep, ServicesDep, WebRoute
 
-router = APIRouter()
+router = APIRouter(route_class=WebRoute)  # errors as pages (web/routing.py)
 
 
 @router.get("/clouds")

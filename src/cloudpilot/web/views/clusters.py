@@ -10,9 +10,9 @@ from cloudpilot.api.clusters import cluster_json
 from cloudpilot.api.params import ClusterId
 from cloudpilot.services.errors import BadInput
 from cloudpilot.web.render import render
-from cloudpilot.web.routing import FormDep, PrincipalDep, ServicesDep
+from cloudpilot.web.routing import FormDep, PrincipalDep, ServicesDep, WebRoute
 
-router = APIRouter()
+router = APIRouter(route_class=WebRoute)  # errors as pages (web/routing.py)
 
 
 @router.get("/clusters")

@@ -9,9 +9,9 @@ from fastapi.responses import StreamingResponse
 from cloudpilot.api.params import AfterId, JobId
 from cloudpilot.domain.jobs import JobState
 from cloudpilot.web.render import render
-from cloudpilot.web.routing import PrincipalDep, ServicesDep
+from cloudpilot.web.routing import PrincipalDep, ServicesDep, WebRoute
 
-router = APIRouter()
+router = APIRouter(route_class=WebRoute)  # errors as pages (web/routing.py)
 PAGE = 50
 
 

@@ -11,9 +11,9 @@ from cloudpilot.domain.auth import Role
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput
 from cloudpilot.web.render import render
-from cloudpilot.web.routing import FormDep, PrincipalDep, ServicesDep
+from cloudpilot.web.routing import FormDep, PrincipalDep, ServicesDep, WebRoute
 
-router = APIRouter()
+router = APIRouter(route_class=WebRoute)  # errors as pages (web/routing.py)
 MAX_MINUTES = 366 * 24 * 60
 
 

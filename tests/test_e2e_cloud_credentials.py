@@ -18,6 +18,10 @@ import pytest
 import yaml
 
 from cloudpilot.clouds.base import TAG_VM_ID
+from cloudpilot.config import load_config
+from cloudpilot.config.clouds import LibcloudCloudConfig
+from cloudpilot.config.reachability import unreachable_server_url
+from cloudpilot.config.secrets import is_reference
 from cloudpilot.context import TOKEN_FILE, parse_cloud_config
 from cloudpilot.context.pilot_zipapp import build_pilot_zipapp
 from cloudpilot.domain.auth import Role
@@ -194,3 +198,14 @@ def test_openstack_cloud_from_clouds_yaml(tmp_path: Path, server_processes: Serv
             assert secret not in server.log()
     finally:
         fake.stop()
+
+
+def test_the_real_clouds_example_holds_no_secret_and_validates() -> None:
+    example = Path(__file__).parents[1] / "examples" / "server-clouds.yaml"
+    config = load_config(example)
+    for cloud in config.clouds.values():
+        assert isinstance(cloud, LibcloudCloudConfig)
+        for key in ("key", "secret", "password"):
+            value = cloud.driver_args.get(key)
+            assert value is None or is_reference(value), (key, value)
+    assert unreachable_server_url(config, "http://127.0.0.1:8080") is None

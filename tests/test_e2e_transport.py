@@ -1,5 +1,5 @@
 """Transport, end to end with real processes: a TLS server, VMs and pilots that verify it, a pinned pilot.pyz,
-and a server that will not hand VMs of a real cloud a loopback URL (docs/deployment.md)."""
+and a server that will not hand VMs of a real cloud a loopback URL (docs/configuration.md, TLS)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import typer
 if TYPE_CHECKING:
     from cloudpilot.config import ServerConfig
 
-CertFile = typer.Option(None, "--tls-cert", help="Serve HTTPS with this PEM certificate (chain); docs/deployment.md.")
+CertFile = typer.Option(None, "--tls-cert", help="Serve HTTPS with this PEM certificate (chain).")
 KeyFile = typer.Option(None, "--tls-key", help="The private key of --tls-cert (PEM).")
 
 

@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 
 from cloudpilot.config import ConfigError, ServerConfig, load_config
+from cloudpilot.domain.auth import Role
 from cloudpilot.services.sandbox_storage import build_sandbox_store
 from cloudpilot.storage.base import StorageConfigError, StorageUnavailable
 from cloudpilot.storage.s3 import S3SandboxStore
 from cloudpilot.storage.s3_connect import S3Settings, s3_client
+from tests.helpers.archives import tar_gz
 from tests.helpers.moto_s3 import MotoS3
-from tests.helpers.server import free_port
+from tests.helpers.server import ServerFactory, free_port
 
 MiB = 1 << 20
 
@@ -148,3 +150,19 @@ def test_a_failing_store_is_unavailable_not_the_callers_fault() -> None:
         store.exists(sandbox_id)
     with pytest.raises(StorageUnavailable):
         store.put([b"x"])
+
+
+def test_a_submission_looks_each_sandbox_up_once(
+    moto_s3: MotoS3, s3_keys: dict[str, str], make_server: ServerFactory
+) -> None:
+    server = make_server(ServerConfig.model_validate({"storage": moto_s3.storage(moto_s3.new_bucket())}))
+    user = server.client(server.token(Role.USER, "alice", vo="lhcb"))
+    sandbox = user.post("/api/v1/sandboxes", content=tar_gz({"in.txt": b"x"})).json()["id"]
+    calls = calls_of(server.services.sandbox_store)
+    job = {"executable": "/bin/true", "input_sandbox": sandbox}
+    r = user.post("/api/v1/jobs", json={"job": job, "parameter_count": 1000})
+    assert r.status_code == 201, r.text
+    assert calls.count("HeadObject") == 1  # not 1000 requests to S3
+    missing = "sha256:" + "f" * 64
+    r = user.post("/api/v1/jobs", json={"executable": "/bin/true", "input_sandbox": missing})
+    assert r.status_code == 422 and "was never uploaded" in r.json()["error"]["message"]

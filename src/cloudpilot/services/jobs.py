@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from cloudpilot.config import ServerConfig
@@ -46,10 +46,11 @@ class JobService:
             )
         if not specs:
             raise BadInput("the submission holds no job")
-        for i, sandbox in enumerate(spec.input_sandbox for spec in specs):
-            if sandbox is not None and not self.sandboxes.exists(sandbox):
-                where = f"[{i}].input_sandbox" if len(specs) > 1 else "input_sandbox"
-                raise BadInput(f"{where}: sandbox {sandbox} was never uploaded (POST /api/v1/sandboxes)", where)
+        missing = self._first_missing(spec.input_sandbox for spec in specs)
+        if missing is not None:
+            i, sandbox = missing
+            where = f"[{i}].input_sandbox" if len(specs) > 1 else "input_sandbox"
+            raise BadInput(f"{where}: sandbox {sandbox} was never uploaded (POST /api/v1/sandboxes)", where)
         ids = self.jobs.submit(principal.vo, principal.name, specs, now, self.config.jobs.default_wall_seconds)
         metrics.JOBS_SUBMITTED.labels(principal.vo).inc(len(ids))
         what = f"job {ids[0]}" if len(ids) == 1 else f"{len(ids)} jobs {ids[0]}..{ids[-1]}"
@@ -91,9 +92,10 @@ class JobService:
         busy = [f"{j.id} ({j.state.value})" for j in originals if not j.state.is_final]
         if busy:
             raise Conflict(f"only final jobs can be resubmitted; not final yet: {', '.join(busy)}")
-        for job in originals:
-            if job.spec.input_sandbox is not None and not self.sandboxes.exists(job.spec.input_sandbox):
-                raise Conflict(f"job {job.id}: its input sandbox {job.spec.input_sandbox} is no longer stored")
+        missing = self._first_missing(job.spec.input_sandbox for job in originals)
+        if missing is not None:
+            i, sandbox = missing
+            raise Conflict(f"job {originals[i].id}: its input sandbox {sandbox} is no longer stored")
         # A user's jobs share one owner; an admin's may belong to several, each keeping its own.
         new_ids: dict[int, int] = {}
         by_owner: dict[tuple[str, str], list[Job]] = {}
@@ -152,6 +154,18 @@ class JobService:
             return None, None
         require(principal, Role.USER)
         return principal.vo, principal.name
+
+    def _first_missing(self, sandboxes: Iterable[str | None]) -> tuple[int, str] | None:
+        """The first sandbox that is not stored, with its position. Each distinct one is looked up once: on S3 a
+        look is a request, and the 100,000 jobs of one submission usually share one sandbox."""
+        looked: set[str] = set()
+        for i, sandbox in enumerate(sandboxes):
+            if sandbox is None or sandbox in looked:
+                continue
+            if not self.sandboxes.exists(sandbox):
+                return i, sandbox
+            looked.add(sandbox)
+        return None
 
     @staticmethod
     def _check_visible(principal: Principal, job: Job) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from cloudpilot.store.leadership import libpq_url
 from cloudpilot.store.migrations import LATEST, current_version, upgrade
 from cloudpilot.store.pubsub import PgSignals
 from cloudpilot.store.vms import VMRepository
+from tests.helpers.scale_out import fresh_database
 
 NOW = 1_000.0
 
@@ -31,14 +31,9 @@ def vm(vm_id: str) -> VM:
 
 @pytest.fixture
 def fresh_pg(pg_url: str) -> Iterator[str]:
-    """An empty database of its own (the tests here take locks and wipe schemas)."""
-    name = f"cloudpilot_lead_{uuid.uuid4().hex[:8]}"
-    admin = libpq_url(pg_url)
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield pg_url.rsplit("/", 1)[0] + f"/{name}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    """An empty database of its own (the tests here take locks and migrate from nothing)."""
+    with fresh_database(pg_url) as url:
+        yield url
 
 
 @pytest.fixture

@@ -73,7 +73,9 @@ class StorageConfig(BaseModel):
     def _a_reference_not_a_secret(cls, value: Any) -> Any:
         # A key written into the YAML would end up in backups, tickets and version control: refer to it instead.
         if value is not None and not (is_reference(value) and isinstance(next(iter(value.values())), str)):
-            raise ValueError('give {env: NAME} or {file: PATH} (docs/configuration.md, "Secrets"), not the key')
+            raise ValueError(
+                'give {env: NAME} or {file: PATH} (docs/configuration.md, "Secrets out of the YAML"), not the key'
+            )
         return value
 
     @model_validator(mode="after")

@@ -18,7 +18,7 @@ from cloudpilot.pilot.cli import main
 from cloudpilot.pilot.errors import LeaseLost, RequestRejected, ServerUnreachable
 from cloudpilot.pilot.transport import HttpTransport
 from tests.helpers.archives import tar_gz
-from tests.helpers.server import RunningServer, free_port
+from tests.helpers.server import RunningServer, free_port, this_user
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "montecarlo"
 
@@ -116,7 +116,9 @@ def test_the_pilot_runs_the_montecarlo_example_against_a_real_server(
     ids = r.json()["ids"]
     token = server.token(Role.PILOT, "pilot", vo="lhcb")
     workdir = tmp_path / "pilot"
-    argv = ["--server", server.url, "--token", token, "--cores", "2", "--idle-timeout", "1", "--workdir", str(workdir)]
+    # As root the payload user defaults to nobody, who cannot run the suite's interpreter (under /root).
+    argv = ["--server", server.url, "--token", token, "--cores", "2", "--idle-timeout", "1", "--workdir", str(workdir),
+            "--payload-user", this_user()]  # fmt: skip
     assert main([*argv, "--wait-seconds", "1", "--tags", "x,y", "--site", "here"]) == 0
 
     err = capsys.readouterr().err

@@ -137,7 +137,9 @@ def _client(port: int, token: str, offers: list[dict], seconds: float, threads: 
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         conn.request("POST", "/api/v1/pilots", json.dumps({"cores": 8}), headers)
-        pilot_id = json.loads(conn.getresponse().read())["id"]
+        registered = json.loads(conn.getresponse().read())
+        pilot_id = registered["id"]
+        headers["Authorization"] = f"Bearer {registered['session_token']}"  # pilot calls go with the session
         mine: list[tuple[float, int]] = []
         deadline = time.perf_counter() + seconds
         i = k

@@ -1,7 +1,10 @@
-"""One contract for every cloud driver, run against the in-memory fake and the real ``local`` driver."""
+"""One contract for every cloud driver, run against the in-memory fake, the real ``local`` driver and the
+``libvirt`` driver on a real libvirtd (slow: it starts QEMU domains)."""
 
 from __future__ import annotations
 
+import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,21 +15,44 @@ from cloudpilot.clouds.errors import CloudConfigError, QuotaExceeded, Retryable
 from cloudpilot.clouds.fake import FakeCloudDriver
 from cloudpilot.clouds.local import LocalCloudDriver
 from tests.helpers.clouds import FLAVORS, SECRET, launch
+from tests.helpers.libvirt import URI, blank_image, libvirtd_unavailable, storage_dir
 
 MAX_VMS = 2
 LIVE = {InstanceState.PENDING, InstanceState.RUNNING}
 
 
-@pytest.fixture(params=["fake", "local"])
+@pytest.fixture(params=["fake", "local", pytest.param("libvirt", marks=pytest.mark.slow)])
 def driver(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[CloudDriver]:
     made: CloudDriver
     if request.param == "fake":
         made = FakeCloudDriver("fake", FLAVORS, max_vms=MAX_VMS)
-    else:
+    elif request.param == "local":
         made = LocalCloudDriver("local", tmp_path / "cloud", FLAVORS, max_vms=MAX_VMS)
+    else:
+        yield from _libvirt_driver()
+        return
     yield made
     for inst in made.list():
         made.destroy(inst.instance_id)
+
+
+def _libvirt_driver() -> Iterator[CloudDriver]:
+    from cloudpilot.clouds.libvirt_driver import LibvirtDriver
+
+    if (reason := libvirtd_unavailable()) is not None:
+        pytest.skip(f"libvirtd cannot run here: {reason}")
+    files = storage_dir()
+    # A cloud name of its own: the suite lists only this run's domains, whatever else the libvirtd holds.
+    made = LibvirtDriver(
+        f"contract-{uuid.uuid4().hex[:8]}", URI, FLAVORS, blank_image(files), files, max_vms=MAX_VMS, accel="tcg"
+    )
+    try:
+        yield made
+    finally:
+        for inst in made.list():
+            made.destroy(inst.instance_id)
+        made.close()
+        shutil.rmtree(files, ignore_errors=True)
 
 
 def test_create_is_idempotent_per_vm_id(driver: CloudDriver) -> None:

@@ -1,0 +1,96 @@
+"""KVM when it works, TCG otherwise: decided by trying, since a ``/dev/kvm`` that exists may still not work.
+
+Where KVM runs nested on a hypervisor that lacks a feature, ``/dev/kvm`` opens, libvirt's domain capabilities list
+``kvm``, and QEMU then aborts as the guest starts (an MSR assertion). So the probe boots a throw-away transient
+domain with KVM (the cloud's own kernel when it has one, which is what trips the assertion) and checks that it is
+still running a few seconds later.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("cloudpilot.clouds.libvirt")
+
+PROBE_SECONDS = 6.0  # a kernel under KVM gets well past its MSR set-up in this time
+
+
+@dataclass(frozen=True, slots=True)
+class Accel:
+    domain_type: str  # libvirt's <domain type>: "kvm" or "qemu" (TCG)
+    reason: str  # why, for the log and /clouds
+
+    @property
+    def name(self) -> str:
+        return "KVM" if self.domain_type == "kvm" else "TCG"
+
+
+TCG_FORCED = Accel("qemu", "accel: tcg in the configuration")
+KVM_FORCED = Accel("kvm", "accel: kvm in the configuration")
+
+
+def probe_accel(conn: Any, kernel: Path | None, initrd: Path | None, seconds: float = PROBE_SECONDS) -> Accel:
+    """Boot a probe domain with KVM; :data:`Accel` KVM if it survives ``seconds``, else TCG with the reason."""
+    import libvirt
+
+    if not os.path.exists("/dev/kvm"):
+        return Accel("qemu", "/dev/kvm does not exist")
+    try:
+        caps = conn.getDomainCapabilities(None, "x86_64", None, "kvm", 0)
+    except libvirt.libvirtError as exc:
+        return Accel("qemu", f"libvirt offers no KVM domains: {exc.get_error_message()}")
+    if "<domain>kvm</domain>" not in caps.replace(" ", ""):
+        return Accel("qemu", "libvirt offers no KVM domains")
+    name = f"cloudpilot-kvm-probe-{uuid.uuid4().hex[:8]}"
+    try:
+        dom = conn.createXML(_probe_xml(name, kernel, initrd), 0)
+    except libvirt.libvirtError as exc:
+        return Accel("qemu", f"a KVM domain did not start: {exc.get_error_message()}")
+    try:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                state, _reason = dom.state()
+            except libvirt.libvirtError:
+                return Accel("qemu", f"a KVM domain died within {seconds:.0f} s ({_qemu_log_tail(name)})")
+            if state != libvirt.VIR_DOMAIN_RUNNING:
+                return Accel("qemu", f"a KVM domain stopped within {seconds:.0f} s ({_qemu_log_tail(name)})")
+        return Accel("kvm", f"a KVM domain ran {seconds:.0f} s")
+    finally:
+        with contextlib.suppress(libvirt.libvirtError):  # gone already: a transient domain ends with QEMU
+            dom.destroy()
+
+
+def _probe_xml(name: str, kernel: Path | None, initrd: Path | None) -> str:
+    domain = ET.Element("domain", type="kvm")
+    ET.SubElement(domain, "name").text = name
+    ET.SubElement(domain, "memory", unit="MiB").text = "256"
+    ET.SubElement(domain, "vcpu").text = "1"
+    os_ = ET.SubElement(domain, "os")
+    ET.SubElement(os_, "type", arch="x86_64").text = "hvm"
+    if kernel is not None:
+        ET.SubElement(os_, "kernel").text = str(kernel)
+        if initrd is not None:
+            ET.SubElement(os_, "initrd").text = str(initrd)
+        ET.SubElement(os_, "cmdline").text = "console=ttyS0 panic=0"  # no root disk: it waits, still running
+    ET.SubElement(domain, "cpu", mode="host-passthrough")
+    ET.SubElement(domain, "devices")
+    return ET.tostring(domain, encoding="unicode")
+
+
+def _qemu_log_tail(name: str) -> str:
+    """The last line QEMU wrote for the probe (the assertion, typically)."""
+    try:
+        lines = Path(f"/var/log/libvirt/qemu/{name}.log").read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no QEMU log"
+    return lines[-1][-300:] if lines else "empty QEMU log"

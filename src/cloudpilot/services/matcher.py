@@ -2,7 +2,8 @@
 
 The matcher ranks a cached snapshot of the non-empty task queues (a few hundred classes, not the million
 jobs in them) with the pure :func:`cloudpilot.policy.matching.rank`, then claims the oldest job of the best
-class in one atomic UPDATE. A class found empty is dropped from the snapshot until the next refresh.
+class in one atomic statement (store/claim.py), which tries the next classes in rank order when the best is
+empty. A class found empty is dropped from the snapshot until the next refresh.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
+from itertools import islice
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.jobs import Job
@@ -44,6 +46,7 @@ class _Snapshot:
 
 
 MAX_CACHED_PLACES = 20_000
+CLAIM_CANDIDATES = 8  # task queues tried per claim statement
 
 
 class MatchService:
@@ -71,15 +74,17 @@ class MatchService:
         with self._lock:
             groups = snapshot.groups_for(offer, vo)
             shares = snapshot.shares
-        for tq in order(groups, shares, offer):
-            if tq.id in snapshot.empty:
-                continue
-            job = self.jobs.claim(tq.id, pilot_id, now, self.config.lease.seconds)
+        ranked = (tq.id for tq in order(groups, shares, offer) if tq.id not in snapshot.empty)
+        # Candidates go to the store a few at a time, best first: one statement claims from the first that
+        # has a waiting job, so a class found empty costs no round trip of its own.
+        while batch := list(islice(ranked, CLAIM_CANDIDATES)):
+            job, empty = self.jobs.claim_first(batch, pilot_id, now, self.config.lease.seconds)
+            if empty:
+                with self._lock:
+                    snapshot.empty.update(batch[:empty])
             if job is not None:
                 self._charge(snapshot, job)
                 return job
-            with self._lock:
-                snapshot.empty.add(tq.id)
         return None
 
     def waiting_task_queues(self, now: float) -> list[TaskQueue]:

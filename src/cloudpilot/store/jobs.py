@@ -16,7 +16,6 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
-    Update,
     and_,
     any_,
     bindparam,
@@ -33,9 +32,9 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from cloudpilot.domain.jobs import ACTIVE_STATES, Job, JobEvent, JobSpec, JobState, check_transition
 from cloudpilot.domain.matching import TaskQueue, task_queue_key
 from cloudpilot.domain.usage import decayed
+from cloudpilot.store.claim import Claimer
 from cloudpilot.store.database import Database
 from cloudpilot.store.errors import Conflict, NotFound
-from cloudpilot.store.fastpath import CompiledStatement
 from cloudpilot.store.rows import event_from_row, job_from_row, task_queue_from_row
 from cloudpilot.store.schema import event_chunks, job_events, job_usage, jobs, pilots, task_queues, usage
 
@@ -52,17 +51,7 @@ class Requeued:
 class JobRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
-        self._claim_stmt = CompiledStatement(self._build_claim(), db.engine)
-        self._event_stmt = CompiledStatement(
-            insert(job_events).values(
-                job_id=bindparam("job_id"),
-                at=bindparam("at"),
-                from_state=bindparam("from_state"),
-                to_state=bindparam("to_state"),
-                reason=bindparam("reason"),
-            ),
-            db.engine,
-        )
+        self._claimer = Claimer(db)
 
     # --- submission -------------------------------------------------------------------------------------
 
@@ -259,50 +248,17 @@ class JobRepository:
     def claim(self, tq_id: int, pilot_id: str, now: float, lease_seconds: float) -> Job | None:
         """Atomically lease the oldest waiting job of a task queue to ``pilot_id``; ``None`` if it is empty.
 
-        One UPDATE picks and takes the row, so two pilots can never get the same job: SQLite runs it under
-        the single writer lock, PostgreSQL skips rows another transaction has locked.
+        One statement picks and takes the row, so two pilots can never get the same job: SQLite runs it under
+        the single writer lock, PostgreSQL skips rows another transaction has locked (store/claim.py).
         """
-        params = {"tq": tq_id, "pilot": pilot_id, "expires": now + lease_seconds, "now": now}
-        with self.db.write() as conn:
-            row = self._claim_stmt.first(conn, params)
-            if row is None:
-                return None
-            job = job_from_row(row)
-            self._event_stmt.run(
-                conn,
-                {
-                    "job_id": job.id,
-                    "at": now,
-                    "from_state": JobState.WAITING.value,
-                    "to_state": JobState.MATCHED.value,
-                    "reason": f"matched to pilot {pilot_id} (attempt {job.attempts})",
-                },
-            )
-        return job
+        return self._claimer.claim_first([tq_id], pilot_id, now, lease_seconds)[0]
 
-    def _build_claim(self) -> Update:
-        """The claim statement, built once: it runs on every match, where building it would cost more than SQL."""
-        check_transition("claim", JobState.WAITING, JobState.MATCHED)
-        pick = (
-            select(jobs.c.id)
-            .where(jobs.c.tq_id == bindparam("tq"), jobs.c.state == JobState.WAITING.value)
-            .order_by(jobs.c.id)
-            .limit(1)
-        )
-        if self.db.is_postgres:
-            pick = pick.with_for_update(skip_locked=True)
-        return (
-            update(jobs)
-            .where(jobs.c.id == pick.scalar_subquery(), jobs.c.state == JobState.WAITING.value)
-            .values(
-                state=JobState.MATCHED.value,
-                pilot_id=bindparam("pilot"),
-                attempts=jobs.c.attempts + 1,
-                lease_expires_at=bindparam("expires"),
-                updated_at=bindparam("now"),
-            )
-            .returning(*jobs.c)
-        )
+    def claim_first(
+        self, tq_ids: Sequence[int], pilot_id: str, now: float, lease_seconds: float
+    ) -> tuple[Job | None, int]:
+        """:meth:`claim` from the first of ``tq_ids`` (best first) that has a waiting job, in one round trip on
+        PostgreSQL; also how many classes before it were empty (all of them if no job)."""
+        return self._claimer.claim_first(tq_ids, pilot_id, now, lease_seconds)
 
     def heartbeat(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -14,10 +15,12 @@ from cloudpilot.api.deps import PrincipalDep, ServicesDep
 from cloudpilot.api.errors import validation_error
 from cloudpilot.api.params import MAX_ID, MAX_SECONDS, JobId
 from cloudpilot.api.responses import job_for_pilot, json_response
-from cloudpilot.api.uploads import receive_sandbox
+from cloudpilot.api.uploads import INLINE_OUTPUT_CHARS, receive_sandbox, store_inline_output
 from cloudpilot.domain.jobs import MAX_INT32, JobState
 from cloudpilot.domain.matching import Offer
 from cloudpilot.services.container import Services
+from cloudpilot.services.pilots import MatchAnswer
+from cloudpilot.services.sessions import PilotSessions
 
 router = APIRouter(prefix="/api/v1", tags=["pilots"])
 
@@ -37,8 +40,9 @@ class RegisterBody(_Body):
     tags: list[str] = []
 
 
-class MatchBody(_Body):
-    pilot_id: str
+class OfferBody(_Body):
+    """Free resources a pilot offers: in a match, or for the slot a final report frees (``next``)."""
+
     cores: int = Field(1, ge=1, le=MAX_INT32)
     memory_mb: int | None = Field(None, ge=1, le=MAX_INT32)
     seconds_left: int | None = Field(None, ge=0, le=MAX_INT32)
@@ -46,6 +50,21 @@ class MatchBody(_Body):
     site: str | None = None
     cloud: str | None = None
     image: str | None = Field(None, max_length=200)  # the endorsed image of the pilot's VM (docs/images.md)
+
+    def offer(self) -> Offer:
+        return Offer(
+            cores=self.cores,
+            memory_mb=self.memory_mb,
+            seconds_left=self.seconds_left,
+            tags=tuple(self.tags),
+            site=self.site,
+            cloud=self.cloud,
+            image=self.image,
+        )
+
+
+class MatchBody(OfferBody):
+    pilot_id: str
     wait_seconds: float = Field(0.0, ge=0, le=60)
 
 
@@ -65,6 +84,10 @@ class ReportBody(_Body):
     reason: str | None = Field(None, max_length=2000)
     cpu_seconds: float | None = Field(None, ge=0, le=MAX_SECONDS)
     max_rss_bytes: int | None = Field(None, ge=0, le=MAX_ID)
+    # A final report may bring the job's output sandbox inline when it is small (instead of PUT .../output) …
+    output: str | None = Field(None, max_length=INLINE_OUTPUT_CHARS)
+    # … and ask for the slot's next job: the answer's "next" is then what /pilots/match would have answered.
+    next: OfferBody | None = None
 
 
 class HaltBody(_Body):
@@ -114,15 +137,7 @@ async def match(request: Request) -> Response:
         body = MatchBody.model_validate_json(await request.body())
     except ValidationError as exc:
         return validation_error(exc)
-    offer = Offer(
-        cores=body.cores,
-        memory_mb=body.memory_mb,
-        seconds_left=body.seconds_left,
-        tags=tuple(body.tags),
-        site=body.site,
-        cloud=body.cloud,
-        image=body.image,
-    )
+    offer = body.offer()
     notifier = request.app.state.notifier
     loop = asyncio.get_running_loop()
     deadline = loop.time() + min(body.wait_seconds, services.config.matcher.max_wait_seconds)
@@ -135,16 +150,8 @@ async def match(request: Request) -> Response:
             answer = await run_in_threadpool(
                 services.pilots.match, principal, body.pilot_id, offer, services.clock.now()
             )
-        if answer.halt is not None:
-            code, reason = answer.halt
-            return json_response({"halt": {"code": code, "reason": reason}, "shutdowntime": answer.shutdowntime})
-        if (job := answer.job) is not None:
-            lease = {
-                "token": job.lease_token,
-                "expires_at": job.lease_expires_at,
-                "seconds": services.config.lease.seconds,
-            }
-            return json_response({"job": job_for_pilot(job), "lease": lease, "shutdowntime": answer.shutdowntime})
+        if (found := match_json(answer, services)) is not None:
+            return json_response(found)
         left = deadline - loop.time()
         if left <= 0 or await request.is_disconnected():
             return Response(status_code=204)
@@ -210,8 +217,9 @@ async def put_events(
     return json_response({"id": sandbox_id, "size": size, "events_done": job.events_done})
 
 
-@router.post("/jobs/{job_id}/report", summary="Report the job running, done or failed")
+@router.post("/jobs/{job_id}/report", summary="Report the job running, done or failed (and get the slot's next job)")
 def report(job_id: JobId, body: ReportBody, principal: PrincipalDep, services: ServicesDep) -> Response:
+    output = None if body.output is None else store_inline_output(body.output, services, principal)
     job = services.pilots.report(
         principal,
         job_id,
@@ -222,8 +230,26 @@ def report(job_id: JobId, body: ReportBody, principal: PrincipalDep, services: S
         reason=body.reason,
         cpu_seconds=body.cpu_seconds,
         max_rss_bytes=body.max_rss_bytes,
+        output_sandbox=output,
     )
-    return json_response({"id": job.id, "state": job.state.value})
+    answer: dict[str, Any] = {"id": job.id, "state": job.state.value}
+    if body.next is not None and job.state.is_final:
+        # The slot this job freed, matched in the same round trip (no long poll: nothing found is null).
+        pilot_id = PilotSessions.pilot_of(principal)
+        found = services.pilots.match(principal, pilot_id, body.next.offer(), services.clock.now())
+        answer["next"] = match_json(found, services)
+    return json_response(answer)
+
+
+def match_json(answer: MatchAnswer, services: Services) -> dict[str, Any] | None:
+    """A match answer's body: a job and its lease, a halt order, or ``None`` (nothing for this offer now)."""
+    if answer.halt is not None:
+        code, reason = answer.halt
+        return {"halt": {"code": code, "reason": reason}, "shutdowntime": answer.shutdowntime}
+    if (job := answer.job) is not None:
+        lease = {"token": job.lease_token, "expires_at": job.lease_expires_at, "seconds": services.config.lease.seconds}
+        return {"job": job_for_pilot(job), "lease": lease, "shutdowntime": answer.shutdowntime}
+    return None
 
 
 @router.post("/pilots/{pilot_id}/halt", summary="The pilot's last word: its shutdown code and message")

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+
 import anyio
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from cloudpilot.domain.auth import Principal
 from cloudpilot.services.container import Services
+from cloudpilot.services.errors import BadInput
 from cloudpilot.storage.base import TooLarge
 
 # The body arrives in pieces of ~64 KiB; they go to storage in batches of this size from a worker thread, since
 # a write may block (a disk, or an S3 part upload) and must not stall the event loop, and one thread hop per
 # piece would cost more than the write.
 BATCH_BYTES = 1 << 20
+# A final report may carry an output sandbox up to this size inline, base64-encoded (docs/rest-api.md): most
+# short jobs leave a few hundred bytes of job.log, and a PUT of its own would cost a round trip and a write.
+INLINE_OUTPUT_BYTES = 64 * 1024
+INLINE_OUTPUT_CHARS = 4 * ((INLINE_OUTPUT_BYTES + 2) // 3)
 
 
 async def receive_sandbox(request: Request, services: Services, principal: Principal) -> tuple[str, int]:
@@ -43,3 +51,17 @@ async def receive_sandbox(request: Request, services: Services, principal: Princ
             await run_in_threadpool(writer.discard)
     services.sandbox_records.record(sandbox_id, size, principal.token_id, services.clock.now())
     return sandbox_id, size
+
+
+def store_inline_output(encoded: str, services: Services, principal: Principal) -> str:
+    """Store the output sandbox a report carries inline (base64); its id. Called from a worker thread."""
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except binascii.Error as exc:
+        raise BadInput(f"output is not base64: {exc}", "output") from None
+    store = services.sandbox_store
+    if len(raw) > store.max_bytes:
+        raise TooLarge(store.max_bytes)
+    sandbox_id, size = store.put([raw])
+    services.sandbox_records.record(sandbox_id, size, principal.token_id, services.clock.now())
+    return sandbox_id

@@ -322,6 +322,8 @@ class Agent:
             on_cores_free=self._cores_free,
             on_end=self._ended,
             on_answer=self._learn,
+            next_offer=self._handover_offer,
+            on_next=self._take_over,
         )
         with self._cond:
             self._runners[job.label] = runner
@@ -329,6 +331,50 @@ class Agent:
             self._used_memory += self._memory_of(job.cores, job.memory_mb)
             self.jobs_obtained += 1
         runner.start()
+
+    def _handover_offer(self, runner: JobRunner) -> dict[str, Any] | None:
+        """The offer a final report makes for the cores its job frees: the slot's next job comes back in the
+        same round trip (``None``: the pilot takes no more work)."""
+        reg = self.registration
+        assert reg is not None
+        with self._cond:
+            if self._stop.is_set() or self._fatal or self._gave_up or self._leaving:
+                return None
+        deadline = self.site.deadline()
+        if deadline is not None and deadline.at - self.wall_clock() < 1:
+            return None
+        left = self._seconds_left(self.clock())
+        if left == 0:
+            return None
+        cfg, job = self.config, runner.job
+        offer: dict[str, Any] = {
+            "cores": job.cores,
+            "memory_mb": None if cfg.memory_mb is None else self._memory_of(job.cores, job.memory_mb),
+            "seconds_left": left,
+            "tags": list(cfg.tags),
+            "site": cfg.site,
+            "cloud": cfg.cloud,
+        }
+        if cfg.image is not None:
+            offer["image"] = cfg.image
+        return offer
+
+    def _take_over(self, runner: JobRunner, answer: dict[str, Any]) -> None:
+        """A final report's ``next``: the job to start on the cores ``runner`` is about to free, or a halt."""
+        self._learn(answer)
+        try:
+            halt = parse_halt(answer)
+            if halt is not None:
+                log.info("the server orders this pilot to halt: %d %s", int(halt.code), halt.reason or "-")
+                with self._cond:
+                    self._leaving = (halt.code, halt.reason)
+                    self._cond.notify_all()
+                return
+            self._launch(parse_assignment(answer))
+        except ProtocolError as exc:
+            with self._cond:
+                self._fatal = self._refused("matching", exc)
+                self._cond.notify_all()
 
     def _memory_of(self, cores: int, memory_mb: int | None) -> int:
         """Memory a job reserves: what it asked for, else its cores' share of the pilot's memory."""

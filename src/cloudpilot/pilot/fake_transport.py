@@ -9,6 +9,7 @@ halt, and keep the event chunks of jobs with ``events``.
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -82,8 +83,20 @@ class Call:
 class FakeTransport:
     """The fake server. All public methods are thread-safe."""
 
-    def __init__(self, *, lease_seconds: float = 90, heartbeat_seconds: float = 30, pilot_id: str = "pilot-1"):
+    def __init__(
+        self,
+        *,
+        lease_seconds: float = 90,
+        heartbeat_seconds: float = 30,
+        pilot_id: str = "pilot-1",
+        report_extensions: bool = False,
+        old_server: bool = False,
+    ):
         self.lease_seconds, self.heartbeat_seconds, self.pilot_id = lease_seconds, heartbeat_seconds, pilot_id
+        # Whether the pilot may use inline outputs and slot handovers in final reports (the Transport's flag;
+        # off: upload, then report). ``old_server``: refuse them with a 422, as a server that predates them.
+        self.report_extensions = report_extensions
+        self.old_server = old_server
         self._cond = threading.Condition()
         self.jobs: dict[int, FakeJob] = {}
         self.sandboxes: dict[str, bytes] = {}
@@ -205,18 +218,25 @@ class FakeTransport:
         deadline = time.monotonic() + float(offer.get("wait_seconds") or 0)
         with self._cond:
             while True:
-                if self.halt_order is not None:
-                    return {"halt": dict(self.halt_order), "shutdowntime": self.shutdowntime}
-                job = next((j for j in self.jobs.values() if j.state == "waiting" and _fits(j, offer)), None)
-                if job is not None:
-                    job.state, job.attempt = "matched", job.attempt + 1
-                    expires = time.time() + self.lease_seconds
-                    lease = {"token": job.attempt, "expires_at": expires, "seconds": self.lease_seconds}
-                    return {"job": job.as_order(), "lease": lease, "shutdowntime": self.shutdowntime}
+                found = self._match_now(offer)
+                if found is not None:
+                    return found
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
                 self._cond.wait(left)
+
+    def _match_now(self, offer: dict[str, Any]) -> dict[str, Any] | None:
+        """A halt order, or a job that fits and its lease, or ``None`` (called with the lock held)."""
+        if self.halt_order is not None:
+            return {"halt": dict(self.halt_order), "shutdowntime": self.shutdowntime}
+        job = next((j for j in self.jobs.values() if j.state == "waiting" and _fits(j, offer)), None)
+        if job is None:
+            return None
+        job.state, job.attempt = "matched", job.attempt + 1
+        expires = time.time() + self.lease_seconds
+        lease = {"token": job.attempt, "expires_at": expires, "seconds": self.lease_seconds}
+        return {"job": job.as_order(), "lease": lease, "shutdowntime": self.shutdowntime}
 
     def download_input(self, job_id: int, lease_token: int, dest: Path) -> None:
         job = self._job_call("download_input", job_id, lease_token, {})
@@ -260,10 +280,19 @@ class FakeTransport:
         if state == "done" and body.get("exit_code") not in (0, None):
             self._record("report", {"job_id": job_id, "body": body}, failed=True)
             raise RequestRejected("a job with a non-zero exit code is failed, not done", status=422, code="invalid")
+        extended = {"output", "next"} & body.keys()
+        if extended and self.old_server:
+            self._record("report", {"job_id": job_id, "body": body}, failed=True)
+            raise RequestRejected(f"unknown fields {sorted(extended)}", status=422, code="invalid")
         job = self._job_call("report", job_id, body.get("lease_token"), {"body": body})
+        answer: dict[str, Any] = {"id": job_id, "state": state}
         with self._cond:
             job.state = str(state)
-        return {"id": job_id, "state": state}
+            if body.get("output") is not None:
+                self.outputs[job_id] = base64.b64decode(body["output"])
+            if isinstance(body.get("next"), dict):
+                answer["next"] = self._match_now(body["next"])
+        return answer
 
     def halt(self, pilot_id: str, code: int, message: str) -> None:
         self._enter("halt", {"pilot_id": pilot_id, "code": code, "message": message})

@@ -13,6 +13,7 @@ killed it. Any other 4xx is fatal for the job and is logged.
 
 from __future__ import annotations
 
+import base64
 import enum
 import logging
 import os
@@ -48,6 +49,7 @@ JOBFEATURES_DIR = ".jobfeatures"
 CHECKPOINT_FILE = ".cloudpilot-checkpoint"
 PROGRESS_FILE = ".cloudpilot-progress"
 PILOT_FILES = frozenset({JOBFEATURES_DIR, CHECKPOINT_FILE, PROGRESS_FILE})
+INLINE_OUTPUT_BYTES = 64 * 1024  # the server's limit for an output inline in the report (docs/rest-api.md)
 
 
 class JobEnd(enum.Enum):
@@ -59,6 +61,13 @@ class JobEnd(enum.Enum):
     GAVE_UP = "gave up"  # the server stayed unreachable
     STOPPED = "stopped"  # the pilot is leaving
     BROKEN = "broken"  # a local error (a full disk, say) kept the pilot from finishing it
+
+
+def inline_output(archive: Path) -> str | None:
+    """The output archive, base64-encoded, if it is small enough to go inline with the final report."""
+    if archive.stat().st_size > INLINE_OUTPUT_BYTES:
+        return None
+    return base64.b64encode(archive.read_bytes()).decode("ascii")
 
 
 class _Aborted(Exception):
@@ -83,8 +92,11 @@ class JobRunner:
         on_cores_free: Callable[[JobRunner], None],
         on_end: Callable[[JobRunner], None],
         on_answer: Callable[[dict[str, Any]], object] | None = None,
+        next_offer: Callable[[JobRunner], dict[str, Any] | None] | None = None,
+        on_next: Callable[[JobRunner, dict[str, Any]], object] | None = None,
     ) -> None:
         self.job, self.lease = assignment.job, assignment.lease
+        self.next_offer, self.on_next = next_offer, on_next
         self.transport, self.config, self.site = transport, config, site
         self.clock, self.wall_clock, self.sleep, self.stop_all = clock, wall_clock, sleep, stop
         self.on_cores_free, self.on_end = on_cores_free, on_end
@@ -186,7 +198,11 @@ class JobRunner:
                 return JobEnd.DELIVERED
         self._report({"state": "running"})
         outcome = self._outcome = self._execute()
-        self._free_cores()
+        # With a slot handover (the final report asks for the slot's next job) the cores stay this job's until
+        # that report is answered; otherwise they are free as soon as the payload has ended.
+        handover = self.next_offer is not None and self.on_next is not None and self.transport.report_extensions
+        if not handover:
+            self._free_cores()
         events = self._events
         if events is not None:
             events.stop()
@@ -199,19 +215,52 @@ class JobRunner:
             events.flush(final=True)  # the last events, before the output that the server takes as the end
             keep = lambda name, path: not events.already_sent(name, path)  # noqa: E731
         names = pack_outputs(self.job_dir, job.output_files, self.archive, exclude=PILOT_FILES, keep=keep)
-        log.info("%s: %s; uploading %s", job.label, outcome.reason or "exit code 0", ", ".join(names) or "nothing")
-        self._deliver("upload the output", lambda: self.transport.upload_output(job.id, token, self.archive))
         usage = outcome.usage
-        final = {
+        final: dict[str, Any] = {
             "state": outcome.state,
             "exit_code": outcome.exit_code,
             "reason": outcome.reason or None,
             "cpu_seconds": usage.cpu_seconds,
             "max_rss_bytes": usage.max_rss_bytes or None,  # 0: ended before it could be measured
         }
-        answer = self._report(final)
-        log.info("%s: reported %s; the server says %s", job.label, outcome.state, answer.get("state", "?"))
+        inline = inline_output(self.archive) if self.transport.report_extensions else None
+        if inline is None:
+            if handover:  # a big output: the slot is not held while it uploads
+                handover = False
+                self._free_cores()
+            log.info("%s: %s; uploading %s", job.label, outcome.reason or "exit code 0", ", ".join(names))
+            self._deliver("upload the output", lambda: self.transport.upload_output(job.id, token, self.archive))
+        else:
+            final["output"] = inline  # a few KiB: it goes with the report, no upload of its own
+        if handover:
+            assert self.next_offer is not None
+            offer = self.next_offer(self)
+            if offer is not None:
+                final["next"] = offer
+        answer = self._final_report(final)
+        log.info("%s: %s; reported %s, the server says %s (output: %s)", job.label, outcome.reason or "exit code 0",
+                 outcome.state, answer.get("state", "?"), ", ".join(names) or "nothing")  # fmt: skip
+        following = answer.get("next")
+        if isinstance(following, dict) and self.on_next is not None:
+            self.on_next(self, following)  # takes over these cores before they are freed below
+        self._free_cores()
         return JobEnd.DELIVERED
+
+    def _final_report(self, final: dict[str, Any]) -> dict[str, Any]:
+        """The final report; a server that predates inline outputs and slot handovers (it refuses the fields
+        with a 422) gets the old sequence: the output uploaded, then a plain report."""
+        try:
+            return self._report(final)
+        except RequestRejected as exc:
+            if exc.status != 422 or not ({"output", "next"} & final.keys()):
+                raise
+        log.warning("%s: the server knows no inline output nor handover; using upload and report", self.job.label)
+        self.transport.report_extensions = False  # for every later job too
+        final.pop("next", None)
+        if final.pop("output", None) is not None:
+            call = lambda: self.transport.upload_output(self.job.id, self.lease.token, self.archive)  # noqa: E731
+            self._deliver("upload the output", call)
+        return self._report(final)
 
     def _fetch_input(self) -> str | None:
         """Download and unpack the input sandbox; the reason the job cannot run, or ``None``."""

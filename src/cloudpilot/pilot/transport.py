@@ -1,4 +1,5 @@
-"""How the pilot talks to the server: the :class:`Transport` port and its HTTP adapter over ``urllib``.
+"""How the pilot talks to the server: the :class:`Transport` port and its HTTP adapter over ``http.client``
+(kept-alive connections, pilot/connections.py; ``urllib`` when a proxy is configured).
 
 Every method maps the server's answers onto the pilot's error classes, so the agent never sees HTTP:
 no connection, a timeout or a 5xx is :class:`ServerUnreachable` (retry later), a 409 on a call about a job is
@@ -18,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any, Protocol
 
+from cloudpilot.pilot.connections import ConnectionPool
 from cloudpilot.pilot.errors import LeaseLost, ProtocolError, RequestRejected, ServerUnreachable, UntrustedServer
 
 API = "/api/v1"
@@ -26,7 +28,13 @@ USER_AGENT = "cloudpilot-pilot/1"
 
 
 class Transport(Protocol):
-    """The calls a pilot makes (``docs/rest-api.md``, section Pilots). Bodies are the documented JSON objects."""
+    """The calls a pilot makes (``docs/rest-api.md``, section Pilots). Bodies are the documented JSON objects.
+
+    ``report_extensions``: whether final reports may carry ``output`` and ``next``; a pilot that finds its server
+    refusing them (a 422) sets it to ``False`` and goes back to upload-then-report.
+    """
+
+    report_extensions: bool
 
     def register(self, info: dict[str, Any]) -> dict[str, Any]:
         """``POST /pilots``: ``{"id", "lease_seconds", "heartbeat_seconds"}``."""
@@ -55,7 +63,9 @@ class Transport(Protocol):
         ...
 
     def report(self, job_id: int, body: dict[str, Any]) -> dict[str, Any]:
-        """``POST /jobs/{id}/report``: the job's new ``{"state"}``."""
+        """``POST /jobs/{id}/report``: the job's new ``{"state"}``. A final report may carry the job's small
+        output inline (``output``) and an offer for the slot it frees (``next``); the answer then has ``next``:
+        a match answer (``{"job", "lease"}`` or ``{"halt"}``), or ``null`` (servers that predate it: absent)."""
         ...
 
     def halt(self, pilot_id: str, code: int, message: str) -> None:
@@ -64,10 +74,12 @@ class Transport(Protocol):
 
 
 class HttpTransport:
-    """:class:`Transport` over HTTP(S) with ``urllib``; the token goes in a bearer header and nowhere else.
+    """:class:`Transport` over HTTP(S); the token goes in a bearer header and nowhere else.
 
     ``timeout`` bounds each blocking socket operation; a long poll gets ``wait_seconds`` on top of it.
-    Proxies come from the usual ``*_proxy`` environment variables.
+    Calls reuse kept-alive connections (:class:`~cloudpilot.pilot.connections.ConnectionPool`). Proxies come
+    from the usual ``*_proxy`` environment variables: when one applies to the server, calls go through
+    ``urllib`` (which knows proxies), one connection each.
     """
 
     def __init__(
@@ -82,10 +94,15 @@ class HttpTransport:
         self._shown_base = urllib.parse.urlunsplit(shown).rstrip("/") + API
         self._auth = f"Bearer {token.strip()}"
         self.timeout = timeout
+        self.report_extensions = True
         handlers: list[urllib.request.BaseHandler] = []
         if ssl_context is not None:
             handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
         self._opener = urllib.request.build_opener(*handlers)
+        self._prefix = parsed.path.rstrip("/") + API
+        host = parsed.hostname or ""
+        proxied = parsed.scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)
+        self._pool = None if proxied else ConnectionPool(parsed.scheme, host, parsed.port, ssl_context)
 
     def __repr__(self) -> str:  # never shows the token
         return f"HttpTransport({self.base!r})"
@@ -155,34 +172,61 @@ class HttpTransport:
         if isinstance(data, bytes):
             all_headers["Content-Type"] = "application/json"
         all_headers.update(headers or {})
-        request = urllib.request.Request(self.base + path, data=data, headers=all_headers, method=method)
         what = f"{method} {self._shown_base}{path.split('?')[0]}"  # the whole URL: a wrong --server shows itself
         try:
-            with self._opener.open(request, timeout=timeout or self.timeout) as answer:
+            if self._pool is None:
+                return self._call_urllib(method, path, data, all_headers, timeout or self.timeout, sink, what, job_call)
+            if data is None and method in ("POST", "PUT"):
+                all_headers["Content-Length"] = "0"
+            answer = self._pool.request(
+                method, self._prefix + path, data=data, headers=all_headers, timeout=timeout or self.timeout, sink=sink
+            )
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            verify = exc if isinstance(exc, ssl.SSLCertVerificationError) else reason
+            if isinstance(verify, ssl.SSLCertVerificationError):
+                raise UntrustedServer(
+                    f"{what}: the server's TLS certificate is not trusted (certificate verify failed: "
+                    f"{verify.verify_message or verify}); "
+                    "give the pilot the CA that signed it with --ca-file"
+                ) from exc
+            raise ServerUnreachable(f"{what}: {type(exc).__name__}: {reason}") from exc
+        if answer.status >= 400:
+            raise _error_for(what, answer.status, answer.reason, answer.body, job_call)
+        return answer.status, answer.body
+
+    def _call_urllib(
+        self,
+        method: str,
+        path: str,
+        data: bytes | IO[bytes] | None,
+        headers: dict[str, str],
+        timeout: float,
+        sink: IO[bytes] | None,
+        what: str,
+        job_call: bool,
+    ) -> tuple[int, bytes]:
+        request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
+        try:
+            with self._opener.open(request, timeout=timeout) as answer:
                 if sink is not None:
                     shutil.copyfileobj(answer, sink, 1 << 20)
                     return answer.status, b""
                 return answer.status, answer.read()
         except urllib.error.HTTPError as exc:
-            raise _error_for(what, exc, job_call) from exc
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            if isinstance(reason, ssl.SSLCertVerificationError):
-                raise UntrustedServer(
-                    f"{what}: the server's TLS certificate is not trusted (certificate verify failed: "
-                    f"{reason.verify_message or reason}); "
-                    "give the pilot the CA that signed it with --ca-file"
-                ) from exc
-            raise ServerUnreachable(f"{what}: {type(exc).__name__}: {reason}") from exc
+            try:
+                body = exc.read() or b""
+            except (OSError, http.client.HTTPException):
+                body = b""
+            raise _error_for(what, exc.code, str(exc.reason), body, job_call) from exc
 
 
-def _error_for(what: str, exc: urllib.error.HTTPError, job_call: bool) -> Exception:
-    status = exc.code
-    code, message = None, exc.reason
+def _error_for(what: str, status: int, reason: str, body: bytes, job_call: bool) -> Exception:
+    code, message = None, reason
     try:
-        detail = json.loads(exc.read() or b"{}").get("error") or {}
+        detail = json.loads(body or b"{}").get("error") or {}
         code, message = detail.get("code"), detail.get("message") or message
-    except (ValueError, AttributeError, OSError, http.client.HTTPException):
+    except (ValueError, AttributeError):
         pass
     text = f"{what}: {status} {code or ''} {message}".replace("  ", " ")
     if status >= 500 or status in RETRYABLE_4XX:

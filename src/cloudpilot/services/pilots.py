@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from cloudpilot.config import ServerConfig
@@ -226,12 +227,15 @@ class PilotService:
         reason: str | None,
         cpu_seconds: float | None,
         max_rss_bytes: int | None,
+        output_sandbox: str | None = None,
     ) -> Job:
         if state not in (JobState.RUNNING, JobState.DONE, JobState.FAILED):
             raise BadInput(f"a pilot reports running, done or failed, not {state.value}", "state")
         if state is JobState.DONE and exit_code not in (0, None):
             raise BadInput(f"a job that exited with code {exit_code} is failed, not done", "exit_code")
-        self._held(principal, job_id, lease_token)
+        if output_sandbox is not None and state is JobState.RUNNING:
+            raise BadInput("an output comes with the job's end (done or failed), not with running", "output")
+        # The holder's checks run on the row the report locks: one transaction, no read of its own before it.
         return self.jobs.report(
             job_id,
             lease_token,
@@ -242,6 +246,8 @@ class PilotService:
             cpu_seconds=cpu_seconds,
             max_rss_bytes=max_rss_bytes,
             half_life=self.config.fair_share.half_life_seconds,
+            check=self._holder_check(principal, lease_token),
+            output_sandbox=output_sandbox,
         )
 
     def halt(self, principal: Principal, pilot_id: str, code: int, message: str, now: float) -> None:
@@ -260,13 +266,24 @@ class PilotService:
         self.sessions.renew(principal, now)
 
     def _held(self, principal: Principal, job_id: int, lease_token: int, allow_killed: bool = False) -> Job:
-        own = PilotSessions.pilot_of(principal)
+        check = self._holder_check(principal, lease_token, allow_killed)
         job = self.jobs.get(job_id)
-        if principal.vo is not None and job.vo != principal.vo:
-            raise Forbidden(f"job {job_id} belongs to VO {job.vo}, not to this pilot's VO {principal.vo}")
-        killed_now = allow_killed and job.state is JobState.KILLED and job.attempts == lease_token
-        if not killed_now:
-            job.check_lease(lease_token)
-        if job.pilot_id != own:
-            raise Forbidden(f"job {job_id} is not leased to this pilot ({own})")
+        check(job)
         return job
+
+    @staticmethod
+    def _holder_check(principal: Principal, lease_token: int, allow_killed: bool = False) -> Callable[[Job], None]:
+        """The checks of a call about a job, in the order of the module's docstring, for the store to run on
+        the row it reads (the 404 is the store's)."""
+        own = PilotSessions.pilot_of(principal)
+
+        def check(job: Job) -> None:
+            if principal.vo is not None and job.vo != principal.vo:
+                raise Forbidden(f"job {job.id} belongs to VO {job.vo}, not to this pilot's VO {principal.vo}")
+            killed_now = allow_killed and job.state is JobState.KILLED and job.attempts == lease_token
+            if not killed_now:
+                job.check_lease(lease_token)
+            if job.pilot_id != own:
+                raise Forbidden(f"job {job.id} is not leased to this pilot ({own})")
+
+        return check

@@ -304,16 +304,25 @@ class JobRepository:
         cpu_seconds: float | None = None,
         max_rss_bytes: int | None = None,
         half_life: float = 86400.0,
+        check: Callable[[Job], None] | None = None,
+        output_sandbox: str | None = None,
     ) -> Job:
-        """A pilot's report about the job it holds: ``running``, ``done`` or ``failed``."""
+        """A pilot's report about the job it holds: ``running``, ``done`` or ``failed``.
+
+        ``check`` sees the locked row first (the caller's authorization: who may report, in its own order of
+        refusals), so no separate read is needed; ``output_sandbox`` records the job's output with its end."""
         with self.db.write() as conn:
             job = self._get(conn, job_id, for_update=self.db.is_postgres)
+            if check is not None:
+                check(job)
             job.check_lease(lease_token)
             values: dict[str, Any] = {}
             if target is JobState.RUNNING:
                 values["started_at"] = now
             else:
                 values.update(finished_at=now, exit_code=exit_code, lease_expires_at=None)
+                if output_sandbox is not None:
+                    values["output_sandbox"] = output_sandbox
                 if target is JobState.FAILED:
                     values["failure_reason"] = reason or "failed"
                 if cpu_seconds is not None:

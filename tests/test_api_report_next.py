@@ -1,0 +1,44 @@
+"""The final report's protocol extension: an inline output and the slot's next job in the same round trip."""
+
+from __future__ import annotations
+
+import base64
+
+from cloudpilot.domain.auth import Role
+from tests.helpers.archives import tar_gz
+from tests.helpers.server import RunningServer
+from tests.test_api import register
+
+
+def test_a_final_report_stores_its_inline_output_and_answers_the_next_job(server: RunningServer) -> None:
+    user = server.client(server.token(Role.USER, "alice", vo="lhcb"))
+    first, second = user.post("/api/v1/jobs", json={"job": {"executable": "true"}, "parameter_count": 2}).json()["ids"]
+    pilot = server.client(server.token(Role.PILOT, vo="lhcb"))
+    pid = register(pilot)
+    lease = pilot.post("/api/v1/pilots/match", json={"pilot_id": pid}).json()["lease"]["token"]
+    assert pilot.post(f"/api/v1/jobs/{first}/report", json={"lease_token": lease, "state": "running"}).is_success
+
+    bad = {"lease_token": lease, "state": "running", "output": base64.b64encode(b"x").decode()}
+    r = pilot.post(f"/api/v1/jobs/{first}/report", json=bad)
+    assert r.status_code == 422 and r.json()["error"]["field"] == "output"
+    r = pilot.post(f"/api/v1/jobs/{first}/report", json={"lease_token": lease, "state": "done", "output": "%%"})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "output"
+    assert user.get(f"/api/v1/jobs/{first}").json()["state"] == "running"  # nothing changed by a refusal
+
+    archive = tar_gz({"job.log": b"hello\n"})
+    final = {"lease_token": lease, "state": "done", "output": base64.b64encode(archive).decode(), "next": {"cores": 1}}
+    r = pilot.post(f"/api/v1/jobs/{first}/report", json=final)
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["state"] == "done"
+    assert answer["next"]["job"]["id"] == second and answer["next"]["lease"]["token"] == 1
+    assert user.get(f"/api/v1/jobs/{first}/output").content == archive
+    assert user.get(f"/api/v1/jobs/{second}").json()["state"] == "matched"
+
+    # Nothing left for the slot: next is null. A report without "next" answers as before.
+    token = answer["next"]["lease"]["token"]
+    r = pilot.post(f"/api/v1/jobs/{second}/report", json={"lease_token": token, "state": "running"})
+    assert r.json() == {"id": second, "state": "running"}
+    r = pilot.post(f"/api/v1/jobs/{second}/report", json={"lease_token": token, "state": "done", "next": {}})
+    assert r.json() == {"id": second, "state": "done", "next": None}
+    assert not user.get(f"/api/v1/jobs/{second}").json()["has_output"]

@@ -1,9 +1,10 @@
 """KVM when it works, TCG otherwise: decided by trying, since a ``/dev/kvm`` that exists may still not work.
 
 Where KVM runs nested on a hypervisor that lacks a feature, ``/dev/kvm`` opens, libvirt's domain capabilities list
-``kvm``, and QEMU then aborts as the guest starts (an MSR assertion). So the probe boots a throw-away transient
-domain with KVM (the cloud's own kernel when it has one, which is what trips the assertion) and checks that it is
-still running a few seconds later.
+``kvm``, and then QEMU aborts as the guest starts (an MSR assertion), or the vCPU spins without the kernel ever
+printing a line (seen on this project's CI host: 30 s of CPU, an empty console). So the probe boots a throw-away
+transient domain with KVM and the cloud's own kernel and waits for the kernel's first console line ("Linux
+version"); without a kernel configured it can only check that the domain keeps running.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 
 log = logging.getLogger("cloudpilot.clouds.libvirt")
 
-PROBE_SECONDS = 6.0  # a kernel under KVM gets well past its MSR set-up in this time
+PROBE_SECONDS = 15.0  # a kernel under working KVM prints its banner within a second
+KERNEL_BANNER = b"Linux version"
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +39,11 @@ TCG_FORCED = Accel("qemu", "accel: tcg in the configuration")
 KVM_FORCED = Accel("kvm", "accel: kvm in the configuration")
 
 
-def probe_accel(conn: Any, kernel: Path | None, initrd: Path | None, seconds: float = PROBE_SECONDS) -> Accel:
-    """Boot a probe domain with KVM; :data:`Accel` KVM if it survives ``seconds``, else TCG with the reason."""
+def probe_accel(
+    conn: Any, kernel: Path | None, initrd: Path | None, workdir: Path, seconds: float = PROBE_SECONDS
+) -> Accel:
+    """Boot a probe domain with KVM: KVM if its kernel prints its banner (without a kernel: if it keeps running)
+    within ``seconds``, else TCG with the reason. The probe's console goes to a file in ``workdir``."""
     import libvirt
 
     if not os.path.exists("/dev/kvm"):
@@ -50,8 +55,9 @@ def probe_accel(conn: Any, kernel: Path | None, initrd: Path | None, seconds: fl
     if "<domain>kvm</domain>" not in caps.replace(" ", ""):
         return Accel("qemu", "libvirt offers no KVM domains")
     name = f"cloudpilot-kvm-probe-{uuid.uuid4().hex[:8]}"
+    console = workdir / f"{name}.console"
     try:
-        dom = conn.createXML(_probe_xml(name, kernel, initrd), 0)
+        dom = conn.createXML(_probe_xml(name, kernel, initrd, console), 0)
     except libvirt.libvirtError as exc:
         return Accel("qemu", f"a KVM domain did not start: {exc.get_error_message()}")
     try:
@@ -64,13 +70,26 @@ def probe_accel(conn: Any, kernel: Path | None, initrd: Path | None, seconds: fl
                 return Accel("qemu", f"a KVM domain died within {seconds:.0f} s ({_qemu_log_tail(name)})")
             if state != libvirt.VIR_DOMAIN_RUNNING:
                 return Accel("qemu", f"a KVM domain stopped within {seconds:.0f} s ({_qemu_log_tail(name)})")
-        return Accel("kvm", f"a KVM domain ran {seconds:.0f} s")
+            if kernel is not None and _printed_banner(console):
+                took = seconds - (deadline - time.monotonic())
+                return Accel("kvm", f"a KVM domain booted its kernel in {took:.1f} s")
+        if kernel is not None:
+            return Accel("qemu", f"a KVM domain ran {seconds:.0f} s and its kernel printed nothing (stuck vCPU)")
+        return Accel("kvm", f"a KVM domain ran {seconds:.0f} s (no kernel configured to check that it boots)")
     finally:
+        console.unlink(missing_ok=True)
         with contextlib.suppress(libvirt.libvirtError):  # gone already: a transient domain ends with QEMU
             dom.destroy()
 
 
-def _probe_xml(name: str, kernel: Path | None, initrd: Path | None) -> str:
+def _printed_banner(console: Path) -> bool:
+    try:
+        return KERNEL_BANNER in console.read_bytes()
+    except OSError:
+        return False
+
+
+def _probe_xml(name: str, kernel: Path | None, initrd: Path | None, console: Path) -> str:
     domain = ET.Element("domain", type="kvm")
     ET.SubElement(domain, "name").text = name
     ET.SubElement(domain, "memory", unit="MiB").text = "256"
@@ -83,7 +102,10 @@ def _probe_xml(name: str, kernel: Path | None, initrd: Path | None) -> str:
             ET.SubElement(os_, "initrd").text = str(initrd)
         ET.SubElement(os_, "cmdline").text = "console=ttyS0 panic=0"  # no root disk: it waits, still running
     ET.SubElement(domain, "cpu", mode="host-passthrough")
-    ET.SubElement(domain, "devices")
+    devices = ET.SubElement(domain, "devices")
+    serial = ET.SubElement(devices, "serial", type="file")
+    ET.SubElement(serial, "source", path=str(console))
+    ET.SubElement(serial, "target", port="0")
     return ET.tostring(domain, encoding="unicode")
 
 

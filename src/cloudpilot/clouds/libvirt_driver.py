@@ -133,7 +133,8 @@ class LibvirtDriver:
                 elif self.accel_setting == "kvm":
                     self._accel = KVM_FORCED
                 else:
-                    self._accel = probe_accel(self._connection(), self.kernel, self.initrd)
+                    self.storage_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+                    self._accel = probe_accel(self._connection(), self.kernel, self.initrd, self.storage_dir)
                 log.info("cloud %s: libvirt domains use %s (%s)", self.name, self._accel.name, self._accel.reason)
             return self._accel
 

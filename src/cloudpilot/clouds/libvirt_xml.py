@@ -144,7 +144,8 @@ def domain_xml(spec: DomainSpec) -> str:
         # directly: the host's 127.0.0.1:PORT reaches the guest's SSH, nothing listens on other addresses.
         commandline = ET.SubElement(domain, f"{{{QEMU_NS}}}commandline")
         netdev = f"user,id=cpnet0,hostfwd=tcp:127.0.0.1:{spec.tags.ssh_port}-:22"
-        for arg in ("-netdev", netdev, "-device", "virtio-net-pci,netdev=cpnet0"):
+        # A fixed PCI slot far above those libvirt assigns: QEMU would otherwise give this NIC the disk's slot.
+        for arg in ("-netdev", netdev, "-device", "virtio-net-pci,netdev=cpnet0,bus=pci.0,addr=0x1e"):
             ET.SubElement(commandline, f"{{{QEMU_NS}}}arg", value=arg)
     return ET.tostring(domain, encoding="unicode")
 

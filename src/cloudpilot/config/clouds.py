@@ -174,7 +174,58 @@ class LibcloudCloudConfig(_CloudCommon):
         return self
 
 
-CloudConfig = Annotated[LocalCloudConfig | LibcloudCloudConfig, Field(discriminator="driver")]
+# The kernel command line of a direct kernel boot (deploy/images/build-debian.sh's image: root on the whole disk,
+# console on the serial port the driver writes to a file, the NIC named eth0).
+LIBVIRT_CMDLINE = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+
+
+class SshContextConfig(_Section):
+    key_file: Path = Field(description="The private key (OpenSSH or PEM) the provisioner logs in to VMs with.")
+    user: str = Field("root", min_length=1, description="The account it logs in as (root, or one with sudo).")
+    port: int = Field(22, ge=1, le=65535, description="SSH port on a VM with an address of its own.")
+    connect_timeout_seconds: float = Field(10.0, gt=0, description="One connection attempt's timeout.")
+    retry_seconds: float = Field(10.0, gt=0, description="Wait between attempts while the VM boots.")
+
+
+class LibvirtCloudConfig(_CloudCommon):
+    driver: Literal["libvirt"]
+    uri: str = Field("qemu:///system", description="libvirt connection URI (a libvirtd on this host).")
+    base_image: Path = Field(description="The disk every VM's qcow2 overlay is made on (raw or qcow2).")
+    kernel: Path | None = Field(None, description="Direct kernel boot: the kernel (images without a boot loader).")
+    initrd: Path | None = Field(None, description="Direct kernel boot: the initrd.")
+    kernel_cmdline: str = Field(LIBVIRT_CMDLINE, description="Direct kernel boot: the command line.")
+    network: str = Field(
+        "user",
+        min_length=1,
+        description="user: QEMU user-mode networking (the host is 10.0.2.2); else a libvirt network's name.",
+    )
+    storage_dir: Path = Field(
+        Path("/var/lib/libvirt/images/cloudpilot"),
+        description="Where overlays and seeds go; libvirtd's QEMU user must be able to reach it.",
+    )
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        "auto", description="auto: KVM if a probe domain boots with it, else TCG (logged at the first VM)."
+    )
+    context: Literal["cloud-init", "ssh", "none"] = Field(
+        "cloud-init",
+        description="cloud-init: user-data on a NoCloud seed; ssh: the provisioner logs in and starts the pilot "
+        "(golden images without cloud-init); none: the image has the pilot baked in and reads the seed itself.",
+    )
+    ssh: SshContextConfig | None = Field(None, description="context: ssh — how the provisioner logs in.")
+    allow_loopback_server_url: bool = Field(
+        False, description="As for libcloud clouds; not needed with user networking (give http://10.0.2.2:PORT)."
+    )
+
+    @model_validator(mode="after")
+    def _ssh_settings(self) -> LibvirtCloudConfig:
+        if self.context == "ssh" and self.ssh is None:
+            raise ValueError("context: ssh needs an ssh section (key_file at least)")
+        if self.initrd is not None and self.kernel is None:
+            raise ValueError("initrd needs kernel (a direct kernel boot)")
+        return self
+
+
+CloudConfig = Annotated[LocalCloudConfig | LibcloudCloudConfig | LibvirtCloudConfig, Field(discriminator="driver")]
 
 
 class ProvisionerConfig(_Section):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from cloudpilot.config.clouds import LibcloudCloudConfig
+from cloudpilot.config.clouds import LocalCloudConfig
 from cloudpilot.config.models import ServerConfig
 
 
@@ -41,7 +41,9 @@ def unreachable_server_url(config: ServerConfig, default_url: str) -> str | None
     clouds = sorted(
         name
         for name, cloud in config.clouds.items()
-        if isinstance(cloud, LibcloudCloudConfig) and not cloud.allow_loopback_server_url
+        # Every cloud but local runs real VMs (libcloud, libvirt): loopback reaches the VM itself, not us. QEMU's
+        # user-mode networking is no exception: the guest reaches this host's loopback as 10.0.2.2.
+        if not isinstance(cloud, LocalCloudConfig) and not cloud.allow_loopback_server_url
     )
     if not clouds:
         return None

@@ -231,8 +231,13 @@ def _mjf_environment(ctx: PilotContext) -> str:
     return "".join(lines)
 
 
-def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
-    """Shell commands (run by sh, each on its own) that fetch the pilot and run it until it exits."""
+def pilot_command(ctx: PilotContext) -> str:
+    """The shell command that runs the pilot (already in place at PILOT_ZIPAPP) until it exits; SSH
+    contextualization (context/ssh_plan.py) runs the same command as the user-data."""
+    return " ".join(_pilot_argv(ctx))
+
+
+def _pilot_argv(ctx: PilotContext) -> list[str]:
     pilot = [
         "python3",
         _in_vm(PILOT_ZIPAPP),
@@ -246,17 +251,8 @@ def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
         "--workdir",
         _in_vm(PILOT_WORKDIR),
     ]
-    fetch = [
-        "python3",
-        "-c",
-        f"'{_FETCH_SCRIPT}'",
-        shlex.quote(ctx.pilot_zipapp_url),
-        _in_vm(PILOT_ZIPAPP),
-        ctx.pilot_sha256 or pilot_zipapp().sha256,
-    ]
     if ctx.ca_pem is not None:
         pilot += ["--ca-file", _in_vm(CA_FILE)]
-        fetch.append(_in_vm(CA_FILE))
     if ctx.cores is not None:
         pilot += ["--cores", str(ctx.cores)]
     if ctx.memory_mb is not None:
@@ -272,6 +268,22 @@ def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
     if ctx.lifetime_seconds is not None:
         pilot += ["--lifetime", _number(ctx.lifetime_seconds)]
     pilot += ["--idle-timeout", _number(ctx.idle_timeout_seconds)]
+    return pilot
+
+
+def _runcmd(ctx: PilotContext, source_env: bool) -> list[str]:
+    """Shell commands (run by sh, each on its own) that fetch the pilot and run it until it exits."""
+    pilot = _pilot_argv(ctx)
+    fetch = [
+        "python3",
+        "-c",
+        f"'{_FETCH_SCRIPT}'",
+        shlex.quote(ctx.pilot_zipapp_url),
+        _in_vm(PILOT_ZIPAPP),
+        ctx.pilot_sha256 or pilot_zipapp().sha256,
+    ]
+    if ctx.ca_pem is not None:
+        fetch.append(_in_vm(CA_FILE))
     # One command, so that the pilot runs only if the download was complete and its digest the pinned one.
     run = f"{' '.join(fetch)} && {' '.join(pilot)}"
     if source_env:

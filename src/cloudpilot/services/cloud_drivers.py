@@ -7,11 +7,13 @@ from typing import Any
 
 from cloudpilot.clouds.base import CloudDriver
 from cloudpilot.clouds.errors import CloudConfigError
-from cloudpilot.config.clouds import LibcloudCloudConfig, LocalCloudConfig
+from cloudpilot.config.clouds import LibcloudCloudConfig, LibvirtCloudConfig, LocalCloudConfig
 from cloudpilot.config.secrets import SecretUnavailable, resolve_secrets
 
+CloudSettings = LocalCloudConfig | LibcloudCloudConfig | LibvirtCloudConfig
 
-def build_driver(name: str, settings: LocalCloudConfig | LibcloudCloudConfig, data_dir: Path) -> CloudDriver:
+
+def build_driver(name: str, settings: CloudSettings, data_dir: Path) -> CloudDriver:
     """A driver for one ``clouds:`` entry; the local cloud keeps its VMs under DATA_DIR/clouds/NAME."""
     if isinstance(settings, LocalCloudConfig):
         from cloudpilot.clouds.local import LocalCloudDriver
@@ -26,6 +28,8 @@ def build_driver(name: str, settings: LocalCloudConfig | LibcloudCloudConfig, da
             hang_share=settings.hang_share,
             payload_user=settings.payload_user,
         )
+    if isinstance(settings, LibvirtCloudConfig):
+        return libvirt_driver(name, settings)
     from cloudpilot.clouds.libcloud_driver import LibcloudDriver
 
     driver_args, driver_kwargs = libcloud_credentials(name, settings)
@@ -38,6 +42,26 @@ def build_driver(name: str, settings: LocalCloudConfig | LibcloudCloudConfig, da
         {flavor: f.size or flavor for flavor, f in settings.flavors.items()},
         settings.options,
         ec2_moto_compat=settings.ec2_moto_compat,
+    )
+
+
+def libvirt_driver(name: str, settings: LibvirtCloudConfig) -> CloudDriver:
+    from cloudpilot.clouds.libvirt_driver import LibvirtDriver
+
+    return LibvirtDriver(
+        name,
+        settings.uri,
+        dict(zip(settings.flavors, settings.flavor_list(), strict=True)),
+        settings.base_image,
+        settings.storage_dir,
+        max_vms=settings.max_vms,
+        network=settings.network,
+        kernel=settings.kernel,
+        initrd=settings.initrd,
+        cmdline=settings.kernel_cmdline,
+        accel=settings.accel,
+        attach_seed=settings.context != "ssh",  # a golden image without cloud-init would not read it
+        ssh_forward=settings.context == "ssh",
     )
 
 
@@ -57,5 +81,5 @@ def libcloud_credentials(name: str, settings: LibcloudCloudConfig) -> tuple[dict
     return {**base_args, **args}, {**base_kwargs, **kwargs}
 
 
-def build_drivers(clouds: dict[str, LocalCloudConfig | LibcloudCloudConfig], data_dir: Path) -> dict[str, CloudDriver]:
+def build_drivers(clouds: dict[str, CloudSettings], data_dir: Path) -> dict[str, CloudDriver]:
     return {name: build_driver(name, settings, data_dir) for name, settings in clouds.items()}

@@ -27,6 +27,7 @@ from cloudpilot.services.sandbox_storage import build_sandbox_store
 from cloudpilot.services.sessions import PilotSessions
 from cloudpilot.services.site_control import SiteControl
 from cloudpilot.services.site_policy import SitePolicy
+from cloudpilot.services.ssh_context import ssh_contextualizer
 from cloudpilot.services.vm_activity import VMActivity
 from cloudpilot.services.vm_monitor import VMMonitor
 from cloudpilot.services.waiting import WaitingService
@@ -135,6 +136,7 @@ class Services:
                 health=health,
                 pilots=pilot_repo,
                 reasons=waiting_reasons,
+                ssh_context=ssh_contextualizer(config, vm_repo, tokens, drivers),
             ),
             accounting=AccountingService(records),
             vm_monitor=VMMonitor(
@@ -174,7 +176,14 @@ class Services:
         """One provisioning cycle: the VM monitor settles what happened, clusters are kept at their size (so the
         provisioner's snapshot sees their VMs), then the provisioner decides."""
         with metrics.PROVISIONING_CYCLE_SECONDS.time():
-            return [*self.vm_monitor.tick(now), *self.clusters.tick(now), *self.provisioner.tick(now)]
+            ssh = self.provisioner.ssh_context  # VMs of context: ssh clouds, contextualized as they answer
+            contextualized = ssh.tick(now) if ssh is not None else []
+            return [
+                *self.vm_monitor.tick(now),
+                *self.clusters.tick(now),
+                *self.provisioner.tick(now),
+                *contextualized,
+            ]
 
     def vm_server_url(self) -> str:
         return self.config.provisioner.server_url or self.public_url

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from cloudpilot.clouds.base import CloudDriver, LaunchRequest
 from cloudpilot.clouds.errors import CloudConfigError, CloudError
 from cloudpilot.config import ServerConfig
-from cloudpilot.config.clouds import LibcloudCloudConfig, LocalCloudConfig
+from cloudpilot.config.clouds import LibcloudCloudConfig, LibvirtCloudConfig, LocalCloudConfig
 from cloudpilot.context.redact import redact
 from cloudpilot.context.userdata import PilotContext, build_user_data
 from cloudpilot.domain.auth import Role
@@ -44,6 +44,7 @@ from cloudpilot.services import metrics
 from cloudpilot.services.cloud_health import CloudHealth, as_config_error
 from cloudpilot.services.images import ImageService
 from cloudpilot.services.log_ids import vm_ids
+from cloudpilot.services.ssh_context import SshContextualizer
 from cloudpilot.services.vm_records import cloud_shutdown_deadline, requested_vm
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.pilots import PilotRepository
@@ -54,7 +55,7 @@ from cloudpilot.store.waiting import WaitingReasonRepository
 
 log = logging.getLogger("cloudpilot.provisioner")
 
-CloudSettings = LocalCloudConfig | LibcloudCloudConfig
+CloudSettings = LocalCloudConfig | LibcloudCloudConfig | LibvirtCloudConfig
 
 
 @dataclass
@@ -72,6 +73,7 @@ class Provisioner:
     health: CloudHealth = field(default_factory=CloudHealth)  # shared with the VM monitor (cloud errors)
     pilots: PilotRepository | None = None  # hand-started pilots, for explanations
     reasons: WaitingReasonRepository | None = None  # where each cycle's explanations go; None: not kept
+    ssh_context: SshContextualizer | None = None  # clouds with context: ssh (their VMs are handed to it)
 
     def __post_init__(self) -> None:
         if self.policy is None:
@@ -339,6 +341,10 @@ class Provisioner:
                 instance_id=instance.instance_id,
             )
             log.info("VM %s (%s) booting on %s for %s", vm_id, action.flavor, action.cloud, action.vo, extra=vm_ids(vm))
+            if self.ssh_context is not None and self.ssh_context.handles(action.cloud):
+                # No cloud-init on the image: the contextualizer logs in once the VM answers and starts the pilot.
+                deadline = now + settings.boot_timeout_seconds
+                self.ssh_context.submit(vm_id, action.cloud, instance.instance_id, context, deadline, now)
         self.on_change()
 
     def _drain(self, vm_id: str, reason: str, now: float) -> None:

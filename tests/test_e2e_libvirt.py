@@ -111,11 +111,10 @@ def run_three_jobs(make_server: ServerFactory, cloud: dict, what: str) -> None:
     instance = wait_for(lambda: vms(admin)[0]["instance_id"], timeout=60, what="the domain")
     print(f"\n[{what}] accel: {driver.accel.name} ({driver.accel.reason})")
     rss = qemu_rss_mb(vm["id"])
-    try:
-        jobs = wait_final(user, ids, timeout=BOOT_TIMEOUT + 180)
-    except AssertionError:
-        print(console_tail(driver, instance))
-        raise
+    # Stop at once if the VM fails (a failed boot or contextualization), not at the jobs' timeout.
+    wait_for(lambda: vms(admin)[0]["booted_at"] or failed(vms(admin)[0]), timeout=BOOT_TIMEOUT, what="registration")
+    assert vms(admin)[0]["state"] != "failed", (vms(admin)[0]["failure_reason"], console_tail(driver, instance))
+    jobs = wait_final(user, ids, timeout=300)
     assert {j["state"] for j in jobs.values()} == {"done"}, (jobs, console_tail(driver, instance))
     [record] = vms(admin)
     boot = record["booted_at"] - record["created_at"]
@@ -126,6 +125,10 @@ def run_three_jobs(make_server: ServerFactory, cloud: dict, what: str) -> None:
     wait_for(lambda: vms(admin)[0]["state"] == "destroyed", timeout=240, what="the VM destroyed")
     assert driver.list() == []
     assert subprocess.run(["virsh", "-c", URI, "dominfo", instance], capture_output=True, check=False).returncode != 0
+
+
+def failed(vm: dict) -> bool:
+    return vm["state"] == "failed"
 
 
 def vms(admin: httpx.Client) -> list[dict]:

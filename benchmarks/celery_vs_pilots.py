@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import json
 import os
+import pwd
 import signal
 import statistics
 import subprocess
@@ -186,7 +187,10 @@ def run_cloudpilot(args: argparse.Namespace, work: Path) -> Result:
             logs.append(log)
             cmd = [sys.executable, "-m", "cloudpilot.pilot", "--server", server.url, "--token-file", str(token_file),
                    "--cores", str(cores), "--memory-mb", "4096", "--idle-timeout", "3600",
-                   "--workdir", str(work / f"pilot{k}"), "--log-level", "INFO"]  # fmt: skip
+                   "--workdir", str(work / f"pilot{k}"), "--log-level", "INFO",
+                   # as Celery's tasks: the benchmark's own user (as root the default, nobody, could not write
+                   # the start files into this run's private temporary directory)
+                   "--payload-user", pwd.getpwuid(os.geteuid()).pw_name]  # fmt: skip
             with log.open("w") as out:
                 pilots.append(subprocess.Popen(cmd, stdout=out, stderr=out, start_new_session=True, cwd=work))
         deadline = time.time() + 60

@@ -4,8 +4,12 @@ For each database (SQLite; PostgreSQL when reachable) and each queue size it
 1. fills the task queue through the store's bulk submission (and reports jobs/s),
 2. measures matches in-process (the service's ``match`` called directly),
 3. starts ``cloudpilot server`` and measures matches over HTTP with concurrent pilot clients
-   (separate processes, keep-alive connections), each match a full HTTP round trip with token check,
-4. measures bulk submission over HTTP (one parametric request, one list request),
+   (separate processes, keep-alive connections), each match a full HTTP round trip with token check; the
+   clock starts once every client is connected and registered, and stops ``--http-seconds`` later,
+4. on PostgreSQL: counts the database round trips of an in-process match on the wire (benchmarks/pgwire.py),
+   and right after the HTTP run measures the ceiling, the bare single-statement claim loop on the same
+   database with as many clients (autocommit, no history, no HTTP), and prints the ratio of the two,
+5. measures bulk submission over HTTP (one parametric request, one list request),
 then prints a table. Offers and jobs come from ``cloudpilot.sim.lhcb`` (the real 2026-03-28 snapshot when
 ``../shared`` is there, an embedded model of it otherwise).
 
@@ -31,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cloudpilot.config import ServerConfig
-from cloudpilot.domain.auth import Role
+from cloudpilot.domain.auth import Principal, Role
 from cloudpilot.domain.jobs import JobSpec
 from cloudpilot.domain.matching import Offer
 from cloudpilot.services.container import Services
@@ -107,16 +111,23 @@ def fill(services: Services, n_jobs: int, seed: int) -> float:
 # --- in-process -----------------------------------------------------------------------------------------
 
 
-def in_process(services: Services, offers: list[dict], n: int) -> dict[str, float]:
-    pilot = services.tokens.create(Role.PILOT, "bench", time.time(), vo="lhcb").principal
+def _session(services: Services, pilot: Principal) -> Principal:
+    """Register a pilot with ``pilot``'s token; the principal of its session (what every later call needs)."""
     reg = services.pilots.register(pilot, time.time(), hostname="b", cores=8, memory_mb=None, site=None, cloud=None)
+    return services.auth.authenticate(f"Bearer {reg.session_token}", time.time())
+
+
+def in_process(services: Services, offers: list[dict], n: int) -> dict[str, float]:
+    pilot = _session(services, services.tokens.create(Role.PILOT, "bench", time.time(), vo="lhcb").principal)
+    pilot_id = pilot.pilot_id
+    assert pilot_id is not None
     latencies: list[float] = []
     hits = 0
     started = time.perf_counter()
     for i in range(n):
         offer = Offer.model_validate(offers[i % len(offers)])
         t0 = time.perf_counter()
-        job = services.pilots.match(pilot, reg.pilot_id, offer, time.time()).job
+        job = services.pilots.match(pilot, pilot_id, offer, time.time()).job
         latencies.append(time.perf_counter() - t0)
         hits += job is not None
     elapsed = time.perf_counter() - started
@@ -126,8 +137,11 @@ def in_process(services: Services, offers: list[dict], n: int) -> dict[str, floa
 # --- over HTTP ------------------------------------------------------------------------------------------
 
 
-def _client(port: int, token: str, offers: list[dict], seconds: float, threads: int, out: multiprocessing.Queue):
-    """One client process: ``threads`` pilots, each matching as fast as it can for ``seconds``."""
+def _client(
+    port: int, token: str, offers: list[dict], seconds: float, threads: int, ready, go, out: multiprocessing.Queue
+) -> None:
+    """One client process: ``threads`` pilots, each registered and connected before the clock starts (``go``),
+    then matching as fast as it can for ``seconds``."""
     import threading
 
     results: list[tuple[float, int]] = []
@@ -137,9 +151,11 @@ def _client(port: int, token: str, offers: list[dict], seconds: float, threads: 
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         conn.request("POST", "/api/v1/pilots", json.dumps({"cores": 8}), headers)
-        registered = json.loads(conn.getresponse().read())
-        pilot_id = registered["id"]
-        headers["Authorization"] = f"Bearer {registered['session_token']}"  # pilot calls go with the session
+        answer = json.loads(conn.getresponse().read())
+        pilot_id = answer["id"]
+        headers["Authorization"] = f"Bearer {answer.get('session_token') or token}"
+        ready.put(1)
+        go.wait()
         mine: list[tuple[float, int]] = []
         deadline = time.perf_counter() + seconds
         i = k
@@ -161,6 +177,66 @@ def _client(port: int, token: str, offers: list[dict], seconds: float, threads: 
     for w in workers:
         w.join()
     out.put(results)
+
+
+def _bare_client(dsn: str, tq_ids: list[int], seconds: float, threads: int, ready, go, out: multiprocessing.Queue):
+    """One process of the bare-PostgreSQL ceiling: ``threads`` connections in autocommit, each running
+    cloudpilot's own single-statement claim (no history row, no HTTP, no Python service) for ``seconds``."""
+    import random
+    import threading
+
+    import psycopg
+
+    counts: list[int] = []
+    lock = threading.Lock()
+
+    def loop(k: int) -> None:
+        rng = random.Random(k)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            ready.put(1)
+            go.wait()
+            n = 0
+            deadline = time.perf_counter() + seconds
+            while time.perf_counter() < deadline:
+                params = {"tq": rng.choice(tq_ids), "pilot": f"bare{k}", "now": time.time()}
+                conn.execute(BARE_CLAIM, params).fetchone()
+                n += 1
+        with lock:
+            counts.append(n)
+
+    workers = [threading.Thread(target=loop, args=(k,)) for k in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    out.put(sum(counts))
+
+
+BARE_CLAIM = """
+UPDATE jobs SET state = 'matched', pilot_id = %(pilot)s, attempts = attempts + 1,
+    lease_expires_at = %(now)s + 90, updated_at = %(now)s
+WHERE id = (SELECT id FROM jobs WHERE tq_id = %(tq)s AND state = 'waiting' ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED)
+    AND state = 'waiting'
+RETURNING *
+"""
+
+
+def _start_together(ctx, target, args: tuple, procs: int, threads: int, seconds: float) -> tuple[list, float]:
+    """Start ``procs`` client processes, wait until each of their ``threads`` is connected and ready, then start
+    the clock for all at once; their results and the measured seconds (the clock stops with the last one)."""
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
+    workers = [ctx.Process(target=target, args=(*args, seconds, threads, ready, go, out)) for _ in range(procs)]
+    for w in workers:
+        w.start()
+    for _ in range(procs * threads):
+        ready.get(timeout=120)
+    started = time.perf_counter()
+    go.set()
+    results = [out.get(timeout=seconds + 120) for _ in workers]
+    elapsed = time.perf_counter() - started
+    for w in workers:
+        w.join()
+    return results, elapsed
 
 
 def free_port() -> int:
@@ -188,15 +264,8 @@ def start_server(data_dir: Path, config_path: Path, port: int) -> subprocess.Pop
 
 def over_http(port: int, token: str, offers: list[dict], seconds: float, procs: int, threads: int) -> dict[str, float]:
     ctx = multiprocessing.get_context("spawn")
-    out: multiprocessing.Queue = ctx.Queue()
-    workers = [ctx.Process(target=_client, args=(port, token, offers, seconds, threads, out)) for _ in range(procs)]
-    started = time.perf_counter()
-    for w in workers:
-        w.start()
-    results = [r for _ in workers for r in out.get(timeout=seconds + 120)]
-    elapsed = time.perf_counter() - started
-    for w in workers:
-        w.join()
+    per_proc, elapsed = _start_together(ctx, _client, (port, token, offers), procs, threads, seconds)
+    results = [r for chunk in per_proc for r in chunk]
     ok = [lat for lat, status in results if status in (200, 204)]
     errors = len(results) - len(ok)
     hits = sum(1 for _, status in results if status == 200)
@@ -208,6 +277,40 @@ def over_http(port: int, token: str, offers: list[dict], seconds: float, procs: 
         "errors": errors,
         "clients": procs * threads,
     }
+
+
+def bare_postgresql(pg_name: str, seconds: float, procs: int, threads: int) -> float:
+    """Claims/s of the bare single-statement claim loop on the same database, same number of clients."""
+    import psycopg
+
+    dsn = f"postgresql://postgres@127.0.0.1:5432/{pg_name}"
+    with psycopg.connect(dsn) as conn:
+        tq_ids = [r[0] for r in conn.execute("SELECT DISTINCT tq_id FROM jobs WHERE state = 'waiting'")]
+    ctx = multiprocessing.get_context("spawn")
+    counts, elapsed = _start_together(ctx, _bare_client, (dsn, tq_ids), procs, threads, seconds)
+    return sum(counts) / elapsed
+
+
+def round_trips_per_match(config: ServerConfig, data_dir: Path, pg_name: str, offers: list[dict], n: int) -> float:
+    """Database round trips per in-process match on PostgreSQL, counted on the wire (benchmarks/pgwire.py)."""
+    from benchmarks.pgwire import RoundTripCounter
+
+    counter = RoundTripCounter()
+    try:
+        services = Services.build(config.model_copy(update={"database_url": counter.url(pg_name)}), data_dir)
+        pilot = services.tokens.create(Role.PILOT, "rt", time.time(), vo="lhcb").principal
+        session = _session(services, pilot)
+        reg_id = session.pilot_id
+        assert reg_id is not None
+        services.pilots.match(session, reg_id, Offer.model_validate(offers[0]), time.time())  # warm
+        before = counter.round_trips
+        for i in range(n):
+            services.pilots.match(session, reg_id, Offer.model_validate(offers[i % len(offers)]), time.time())
+        trips = counter.round_trips - before
+        services.close()
+    finally:
+        counter.close()
+    return trips / n
 
 
 def bulk_http(port: int, token: str, n: int) -> dict[str, float]:
@@ -238,7 +341,7 @@ def run(backend: str, size: int, args: argparse.Namespace) -> dict[str, object]:
     url, pg_name = make_database(backend, data_dir)
     config = ServerConfig(database_url=url)
     config_path = data_dir / "config.yaml"
-    config_path.write_text(json.dumps(config.model_dump(mode="json", exclude_none=True)))
+    config_path.write_text(json.dumps(config.model_dump(mode="json", exclude_none=True, exclude_defaults=True)))
     row: dict[str, object] = {"backend": backend, "jobs": size}
     try:
         services = Services.build(config, data_dir)
@@ -250,6 +353,9 @@ def run(backend: str, size: int, args: argparse.Namespace) -> dict[str, object]:
         pilot_token = services.tokens.create(Role.PILOT, "bench-http", time.time(), vo="lhcb").token
         user_token = services.tokens.create(Role.USER, "bulk", time.time(), vo="lhcb").token
         services.close()
+        if pg_name is not None:
+            print(f"[{backend} {size:,}] database round trips per match…", flush=True)
+            row["round_trips"] = round_trips_per_match(config, data_dir, pg_name, offers, 1000)
         port = free_port()
         server = start_server(data_dir, config_path, port)
         try:
@@ -257,6 +363,9 @@ def run(backend: str, size: int, args: argparse.Namespace) -> dict[str, object]:
             row["http"] = over_http(
                 port, pilot_token, offers, args.http_seconds, args.client_procs, args.client_threads
             )
+            if pg_name is not None:  # the ceiling, right after, on the same database and machine load
+                print(f"[{backend} {size:,}] bare PostgreSQL claim loop for {args.http_seconds} s…", flush=True)
+                row["bare"] = bare_postgresql(pg_name, args.http_seconds, args.client_procs, args.client_threads)
             print(f"[{backend} {size:,}] bulk submission over HTTP…", flush=True)
             row["bulk"] = bulk_http(port, user_token, args.bulk_jobs)
         finally:
@@ -310,6 +419,12 @@ def print_figures(r: dict[str, object]) -> None:
     print(f"FIGURE {key}_http_clients={h['clients']} clients")  # type: ignore[index]
     print(f"FIGURE {key}_bulk_parametric_rate={b['parametric']:.0f} jobs/s")  # type: ignore[index]
     print(f"FIGURE {key}_bulk_list_rate={b['list']:.0f} jobs/s", flush=True)  # type: ignore[index]
+    if "bare" in r:
+        bare = float(r["bare"])  # type: ignore[arg-type]
+        print(f"FIGURE {key}_bare_claim_rate={bare:.0f} claims/s")
+        print(f"FIGURE {key}_http_vs_bare={h['rate'] / bare:.2f} x")  # type: ignore[index]
+    if "round_trips" in r:
+        print(f"FIGURE {key}_round_trips_per_match={r['round_trips']:.2f} round trips", flush=True)
 
 
 def main() -> None:

@@ -1,7 +1,8 @@
 """A cloud of VMs on a libvirt host (``driver: libvirt``): one persistent domain per VM.
 
 Each VM is a QEMU domain sized by its flavor (vCPUs, memory) that boots a qcow2 overlay on the cloud's base image
-and, unless it is contextualized over SSH, a NoCloud seed (cidata ISO) holding its user-data. Our tags live in the
+and, unless it is contextualized over SSH, a NoCloud seed (cidata ISO) holding its user-data, or for an image with
+the pilot baked in (``context: none``) a config drive holding its ``cloudpilot.env``. Our tags live in the
 domain's metadata; ``create`` finds an existing domain by our VM id before making one, and ``destroy`` stops and
 undefines the domain and removes its files. A guest that powers itself off stays defined, shut off (``stopped``),
 until the VM monitor destroys it. KVM is used when a probe shows it works (:mod:`.libvirt_accel`), TCG otherwise.
@@ -20,7 +21,15 @@ from typing import Any
 from cloudpilot.clouds.base import Instance, InstanceState, LaunchRequest
 from cloudpilot.clouds.errors import BootFailed, CloudConfigError, CloudUnavailable, QuotaExceeded
 from cloudpilot.clouds.libvirt_accel import KVM_FORCED, TCG_FORCED, Accel, probe_accel
-from cloudpilot.clouds.libvirt_files import ToolFailed, free_local_port, image_format, make_overlay, make_seed
+from cloudpilot.clouds.libvirt_files import (
+    ConfigDrive,
+    ToolFailed,
+    free_local_port,
+    image_format,
+    make_config_drive,
+    make_overlay,
+    make_seed,
+)
 from cloudpilot.clouds.libvirt_xml import (
     METADATA_NS,
     USER_NETWORK,
@@ -69,6 +78,7 @@ class LibvirtDriver:
         cmdline: str = DEFAULT_CMDLINE,
         accel: str = "auto",
         attach_seed: bool = True,
+        config_drive: ConfigDrive | None = None,
         ssh_forward: bool = False,
     ) -> None:
         self.name = name
@@ -81,6 +91,9 @@ class LibvirtDriver:
         self.kernel, self.initrd, self.cmdline = kernel, initrd, cmdline
         self.accel_setting = accel
         self.attach_seed = attach_seed  # False for SSH contextualization: the image has no cloud-init to read it
+        # context: none: the seed is a config drive holding request.user_data as cloudpilot.env, which the baked
+        # pilot's boot script reads (context/config_drive.py), not a cidata volume cloud-init would act on.
+        self.config_drive = config_drive
         self.ssh_forward = ssh_forward and network == USER_NETWORK  # a host port to the guest's SSH
         self._conn: Any = None
         self._accel: Accel | None = None
@@ -199,7 +212,10 @@ class LibvirtDriver:
         try:
             make_overlay(base, image_format(base), files / "disk.qcow2")
             seed = None
-            if self.attach_seed:
+            if self.attach_seed and self.config_drive is not None:
+                seed = files / "config-drive.iso"
+                make_config_drive(files, seed, self.config_drive, request.user_data)
+            elif self.attach_seed:
                 seed = files / "seed.iso"
                 make_seed(files, seed, request.user_data, request.vm_id, name[:63])
         except ToolFailed as exc:

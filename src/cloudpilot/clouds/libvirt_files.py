@@ -1,4 +1,4 @@
-"""The files a libvirt VM boots from: a qcow2 overlay on the base image and a NoCloud seed ISO.
+"""The files a libvirt VM boots from: a qcow2 overlay on the base image and a NoCloud seed or config drive ISO.
 
 Both are made with the host's tools (``qemu-img``, ``genisoimage``) in the cloud's storage directory, which
 libvirtd's QEMU must be able to read: the driver talks to a libvirtd on this host (``qemu:///system``).
@@ -10,6 +10,7 @@ import json
 import shutil
 import socket
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 TOOL_TIMEOUT_SECONDS = 60.0
@@ -48,6 +49,31 @@ def make_seed(directory: Path, seed: Path, user_data: str, instance_id: str, hos
         _run(["genisoimage", "-quiet", "-output", str(seed), "-volid", "cidata", "-joliet", "-rock", str(files)])
     finally:
         shutil.rmtree(files, ignore_errors=True)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDrive:
+    """The config drive an image with the pilot baked in reads (``context: none``): its volume label and the one
+    file on it. The wiring fills it from ``cloudpilot.context.config_drive`` (this layer does not import it)."""
+
+    label: str
+    file_name: str
+
+
+def make_config_drive(directory: Path, drive: Path, layout: ConfigDrive, content: str) -> None:
+    """An ISO 9660 volume labelled ``layout.label`` holding ``content`` as ``layout.file_name``. It holds the
+    pilot's credential, so it is staged 0600 (Rock Ridge keeps that mode on the ISO: only root on the VM reads it)
+    and the staging copy is removed once the ISO exists, as for the seed."""
+    staging = directory / "drive-files"
+    staging.mkdir(mode=0o700, exist_ok=True)
+    try:
+        target = staging / layout.file_name
+        target.touch(mode=0o600)
+        target.write_text(content)
+        argv = ["genisoimage", "-quiet", "-output", str(drive), "-volid", layout.label, "-joliet", "-rock"]
+        _run([*argv, str(staging)])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def free_local_port() -> int:

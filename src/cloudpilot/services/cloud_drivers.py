@@ -47,6 +47,8 @@ def build_driver(name: str, settings: CloudSettings, data_dir: Path) -> CloudDri
 
 def libvirt_driver(name: str, settings: LibvirtCloudConfig) -> CloudDriver:
     from cloudpilot.clouds.libvirt_driver import LibvirtDriver
+    from cloudpilot.clouds.libvirt_files import ConfigDrive
+    from cloudpilot.context.config_drive import CONFIG_DRIVE_FILE, CONFIG_DRIVE_LABEL
 
     return LibvirtDriver(
         name,
@@ -61,6 +63,8 @@ def libvirt_driver(name: str, settings: LibvirtCloudConfig) -> CloudDriver:
         cmdline=settings.kernel_cmdline,
         accel=settings.accel,
         attach_seed=settings.context != "ssh",  # a golden image without cloud-init would not read it
+        # context: none: the baked pilot's boot script reads a config drive, not a cidata seed.
+        config_drive=ConfigDrive(CONFIG_DRIVE_LABEL, CONFIG_DRIVE_FILE) if settings.context == "none" else None,
         ssh_forward=settings.context == "ssh",
     )
 

@@ -18,6 +18,7 @@ from cloudpilot.clouds.base import CloudDriver, LaunchRequest
 from cloudpilot.clouds.errors import CloudConfigError, CloudError
 from cloudpilot.config import ServerConfig
 from cloudpilot.config.clouds import LibcloudCloudConfig, LibvirtCloudConfig, LocalCloudConfig
+from cloudpilot.context.config_drive import config_drive_env
 from cloudpilot.context.redact import redact
 from cloudpilot.context.userdata import PilotContext, build_user_data
 from cloudpilot.domain.auth import Role
@@ -316,7 +317,7 @@ class Provisioner:
                 vm_id=vm_id,
                 vo=action.vo,
                 flavor=action.flavor,
-                user_data=build_user_data(context),
+                user_data=boot_data(settings, context),
                 image=image,
             )
             try:
@@ -365,3 +366,12 @@ class Provisioner:
                 shutdown_message=f"stopped by the provisioner: {reason}",
             )
             log.info("VM %s stopped: %s", vm_id, reason, extra=vm_ids(vm))
+
+
+def boot_data(settings: LocalCloudConfig | LibcloudCloudConfig | LibvirtCloudConfig, context: PilotContext) -> str:
+    """What the cloud hands the VM at boot (``LaunchRequest.user_data``): for a libvirt cloud with ``context:
+    none`` the config drive's ``cloudpilot.env`` (its image has the pilot baked in and cloud-init disabled), else
+    the user-data. Both carry the same files and pilot command."""
+    if isinstance(settings, LibvirtCloudConfig) and settings.context == "none":
+        return config_drive_env(context)
+    return build_user_data(context)

@@ -5,6 +5,8 @@
    and powers the VM off; the VM monitor destroys the domain.
 2. SSH: the same image as a "golden" one (cloud-init disabled, the provisioner's key authorized, no seed): the
    provisioner logs in through the forwarded port, copies the pilot and its credential and starts it; same jobs.
+3. context: none: the image with the pilot baked in (cloud-init disabled) reads its credential from the config
+   drive the driver attaches, checks its pilot against the server's pinned sha256 and starts it; same jobs.
 
 Slow (a boot under TCG takes ~2.5 min on 2 shared cores); the image is built once and cached under
 /var/cache/cloudpilot-images keyed by the build script's hash. Figures are printed (pytest -s to see them).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +26,7 @@ import pytest
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.config.reachability import unreachable_server_url
+from cloudpilot.context.pilot_zipapp import pilot_zipapp
 from cloudpilot.domain.auth import Role
 from tests.helpers.clouds import wait_for
 from tests.helpers.libvirt import URI, libvirtd_unavailable, storage_dir
@@ -173,3 +177,22 @@ def test_golden_image_contextualized_over_ssh(debian_image: Path, vm_files: Path
         debian_image, vm_files, base_image=golden, context="ssh", ssh={"key_file": str(key), "retry_seconds": 5}
     )
     run_three_jobs(make_server, cloud, "ssh")
+
+
+def test_image_with_the_pilot_baked_in_reads_its_config_drive(
+    debian_image: Path, vm_files: Path, make_server: ServerFactory
+) -> None:
+    """context: none: the image has cloud-init disabled and the pilot baked in (deploy/images/golden-baked.sh, built
+    from this package, so its sha256 is the server's pin); the driver attaches a config drive instead of a seed."""
+    baked = vm_files / "baked.raw"
+    subprocess.run(["cp", "--sparse=always", str(debian_image / "disk.raw"), str(baked)], check=True)
+    done = subprocess.run(
+        ["bash", str(REPO / "deploy/images/golden-baked.sh"), str(baked), sys.executable],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == pilot_zipapp().sha256  # the pilot the server will pin
+    baked.chmod(0o644)
+    run_three_jobs(make_server, libvirt_cloud(debian_image, vm_files, base_image=baked, context="none"), "context none")

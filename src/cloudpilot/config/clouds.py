@@ -209,7 +209,8 @@ class LibvirtCloudConfig(_CloudCommon):
     context: Literal["cloud-init", "ssh", "none"] = Field(
         "cloud-init",
         description="cloud-init: user-data on a NoCloud seed; ssh: the provisioner logs in and starts the pilot "
-        "(golden images without cloud-init); none: the image has the pilot baked in and reads the seed itself.",
+        "(golden images without cloud-init); none: the image has the pilot baked in and reads cloudpilot.env from a "
+        "config drive (an ISO labelled CLOUDPILOT) attached instead of the seed.",
     )
     ssh: SshContextConfig | None = Field(None, description="context: ssh — how the provisioner logs in.")
     allow_loopback_server_url: bool = Field(

@@ -73,6 +73,8 @@ def server_with(config: str, tmp_path: Path) -> Any:
     )  # fmt: skip
 
 
+# VMs of a libcloud cloud need a server URL they can reach (never contacted: these servers stop at start).
+REACHABLE = "provisioner: {server_url: 'http://cloudpilot.example.org:8080'}\n"
 FLAVOR = "flavors: {small: {cores: 2, memory_mb: 4096}}"
 
 
@@ -86,16 +88,16 @@ FLAVOR = "flavors: {small: {cores: 2, memory_mb: 4096}}"
         ("policy: {idle_secs: 60}\n", "policy.idle_secs: unknown key"),
         (f"clouds:\n  a: {{driver: local, {FLAVOR}, max_vm: 3}}\n", "clouds.a.max_vm: unknown key"),
         (
-            f"clouds:\n  os: {{driver: libcloud, provider: openstak, {FLAVOR}}}\n",
+            f"{REACHABLE}clouds:\n  os: {{driver: libcloud, provider: openstak, {FLAVOR}}}\n",
             "cloud os: Libcloud has no usable compute provider 'openstak'",
         ),
         (
-            f"clouds:\n  os: {{driver: libcloud, provider: openstack, driver_args: {{key: k, secret: s}},\n"
+            f"{REACHABLE}clouds:\n  os: {{driver: libcloud, provider: openstack, driver_args: {{key: k, secret: s}},\n"
             f"       driver_kwargs: {{ex_force_auth_url: 'http://127.0.0.1:9', ex_tenant: x}}, {FLAVOR}}}\n",
             "cloud os: driver arguments ['ex_tenant'] are not accepted by provider 'openstack'",
         ),
         (
-            f"clouds:\n  os: {{driver: libcloud, provider: openstack, options: {{netwrk: x}}, {FLAVOR}}}\n",
+            f"{REACHABLE}clouds:\n  os: {{driver: libcloud, provider: openstack, options: {{netwrk: x}}, {FLAVOR}}}\n",
             "cloud os: options ['netwrk'] are not accepted for provider 'openstack'",
         ),
     ],

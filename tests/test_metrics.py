@@ -5,15 +5,22 @@ Counters live for the whole test process, so tests compare a scrape after with a
 from __future__ import annotations
 
 import sys
+import time
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Role
+from cloudpilot.services.tokens import issue_token
+from cloudpilot.store.database import Database
+from cloudpilot.store.migrations import upgrade
+from cloudpilot.store.tokens import TokenRepository
 from tests.helpers.pilots import wait_final, wait_for
+from tests.helpers.scale_out import fresh_database
 from tests.helpers.server import RunningServer, ServerFactory
-from tests.helpers.server_process import ServerProcesses, store_token
+from tests.helpers.server_process import ServerProcesses
 
 PY = sys.executable
 
@@ -133,15 +140,31 @@ def test_vms_boots_failures_back_off_and_cycles_are_measured(make_server: Server
         assert at(after, histogram) > at(before, histogram)
 
 
-def test_counters_of_several_server_processes_add_up(server_processes: ServerProcesses, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """Two real server processes on one store and one PROMETHEUS_MULTIPROC_DIR (as behind a load balancer):
-    either answers a scrape with what both counted, and with the store's gauges."""
-    data, shared = tmp_path / "data", tmp_path / "prometheus"
+@pytest.mark.postgres
+def test_counters_of_several_server_processes_add_up(server_processes: ServerProcesses, tmp_path, pg_url) -> None:  # type: ignore[no-untyped-def]
+    """Two real server processes on one store (PostgreSQL: one server per SQLite data directory) and one
+    PROMETHEUS_MULTIPROC_DIR (as behind a load balancer): either answers a scrape with what both counted, and with
+    the store's gauges."""
+    shared = tmp_path / "prometheus"
     shared.mkdir()
-    admin = store_token(data, Role.ADMIN, "root")
-    user = store_token(data, Role.USER, "alice", vo="atlas")
-    env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
-    servers = [server_processes.start(data, env=env) for _ in range(2)]
+    with fresh_database(pg_url) as url:
+        config = tmp_path / "server.yaml"
+        config.write_text(f"database_url: {url}\n")
+        db = Database(url)
+        upgrade(db)
+        now = time.time()
+        admin = issue_token(TokenRepository(db), Role.ADMIN, "root", now).token
+        user = issue_token(TokenRepository(db), Role.USER, "alice", now, vo="atlas").token
+        db.dispose()
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(shared)}
+        servers = [
+            server_processes.start(tmp_path / f"data{i}", "--config", str(config), env=env) for i in range(2)
+        ]
+        _scrape_both(servers, admin, user)
+        server_processes.stop_all()
+
+
+def _scrape_both(servers: list, admin: str, user: str) -> None:  # type: ignore[type-arg]
     for n, server in enumerate(servers, start=1):  # 1 job through the first, 2 through the second
         body = {"job": {"executable": "/bin/true"}, "parameter_count": n}
         r = httpx.post(f"{server.url}/api/v1/jobs", json=body, headers={"Authorization": f"Bearer {user}"})

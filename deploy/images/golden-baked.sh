@@ -7,8 +7,9 @@
 #
 #   deploy/images/golden-baked.sh IMAGE.raw [PYTHON]
 #
-# PYTHON (default python3) is an interpreter with the server's cloudpilot installed: the server refuses nothing,
-# but the VM refuses to run a baked pilot whose sha256 differs from the one the server pins. Prints that sha256.
+# PYTHON (default python3) is an interpreter with the server's cloudpilot installed: a VM refuses to run a baked
+# pilot whose sha256 differs from the one its server pins, so rebuild the image when the server's version changes.
+# Prints the baked pilot's sha256.
 # Works on a copy: cp --sparse=always debian-12-*/disk.raw baked.raw first.
 set -euo pipefail
 image=${1:?usage: golden-baked.sh IMAGE.raw [PYTHON]}

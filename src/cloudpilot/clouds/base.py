@@ -31,7 +31,7 @@ class LaunchRequest:
     vm_id: str  # our id for the VM: the idempotency key and the value of TAG_VM_ID
     vo: str
     flavor: str
-    user_data: str
+    user_data: str  # what the VM is given at boot; for a libvirt cloud with context: none, its config drive's file
     image: str | None = None  # None: the cloud's configured image for the VO
     tags: dict[str, str] = field(default_factory=dict)
 

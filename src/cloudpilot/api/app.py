@@ -27,7 +27,7 @@ from cloudpilot.web import install as install_web_pages
 log = logging.getLogger("cloudpilot.server")
 
 
-MIN_WAKE_SECONDS = 1.0  # a woken loop still runs at most once a second
+MIN_WAKE_SECONDS = 0.5  # a woken loop still runs at most twice a second
 IMAGES_INTERVAL = 30.0  # how often image lists are looked at (each has its own refresh_seconds)
 
 

@@ -1,6 +1,6 @@
 """The discrete-event loop that ties the parts together.
 
-The provisioning cycle runs every ``interval_seconds`` and, like the server's loop, sooner — at most once a second
+The provisioning cycle runs every ``interval_seconds`` and, like the server's loop, sooner — at most twice a second
 — when jobs are submitted or requeued. The simulation ends when every job is done or failed and no VM is left;
 or when the jobs are over and VMs linger ``TAIL_SECONDS`` (a policy that never lets its VMs go); or when work is
 left that nothing starts a VM for (``STALL_SECONDS`` without a VM and without a job running); or at
@@ -26,7 +26,7 @@ from cloudpilot.sim.workload import build_workload
 
 TAIL_SECONDS = 6 * 3600.0
 STALL_SECONDS = 86400.0
-WAKE_SECONDS = 1.0  # a woken provisioning loop still runs at most once a second (api/app.py)
+WAKE_SECONDS = 0.5  # a woken provisioning loop still runs at most twice a second (api/app.py)
 
 
 class Simulation:

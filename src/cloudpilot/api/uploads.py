@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 
 import anyio
 from fastapi import Request
@@ -57,7 +56,7 @@ def store_inline_output(encoded: str, services: Services, principal: Principal) 
     """Store the output sandbox a report carries inline (base64); its id. Called from a worker thread."""
     try:
         raw = base64.b64decode(encoded, validate=True)
-    except binascii.Error as exc:
+    except ValueError as exc:  # binascii.Error, and non-ASCII text, which b64decode refuses with a plain ValueError
         raise BadInput(f"output is not base64: {exc}", "output") from None
     store = services.sandbox_store
     if len(raw) > store.max_bytes:

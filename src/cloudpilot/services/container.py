@@ -174,7 +174,11 @@ class Services:
 
     def provision(self, now: float) -> list[object]:
         """One provisioning cycle: the VM monitor settles what happened, clusters are kept at their size (so the
-        provisioner's snapshot sees their VMs), then the provisioner decides."""
+        provisioner's snapshot sees their VMs), then the provisioner decides. Without clouds only the provisioner
+        runs, to explain why work waits for pilots: there are no VMs to settle (and VMs recorded for clouds no longer
+        configured keep their records)."""
+        if not self.provisioner.drivers:
+            return list(self.provisioner.tick(now))
         with metrics.PROVISIONING_CYCLE_SECONDS.time():
             ssh = self.provisioner.ssh_context  # VMs of context: ssh clouds, contextualized as they answer
             contextualized = ssh.tick(now) if ssh is not None else []

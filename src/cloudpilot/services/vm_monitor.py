@@ -95,8 +95,11 @@ class VMMonitor:
             self.vms.move(vm.id, VMState.HALTED, now, "maximum lifetime reached", shutdown_message="lifetime reached")
             return [f"{vm.id} halted: maximum lifetime"]
         if vm.state is VMState.DRAINING and busy_cores == 0:
-            self.vms.move(vm.id, VMState.HALTED, now, "drained: its last job ended", shutdown_message="drained")
-            return [f"{vm.id} halted: drained"]
+            # The VM's end says why it was drained (capacity, a pledge's reclaim, an image revoked, an admin).
+            why = next((r for _, _, to, r in reversed(self.vms.history(vm.id)) if to == VMState.DRAINING.value), "")
+            message = why.replace("draining: ", "drained: ", 1) if why else "drained"
+            self.vms.move(vm.id, VMState.HALTED, now, "drained: its last job ended", shutdown_message=message)
+            return [f"{vm.id} halted: {message}"]
         if busy_cores == 0 and vm.idle_since is None:
             self.vms.update(vm.id, now, idle_since=now)
         return []

@@ -102,8 +102,7 @@ def start_server(config: ServerConfig, data_dir: Path, port: int | None = None) 
         port=port,
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=1,
-        **uvicorn_options(config),
+        **{**uvicorn_options(config), "timeout_graceful_shutdown": 1},
     )
     server = uvicorn.Server(settings)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -66,6 +66,7 @@ class ServerProcess:
 class ServerProcesses:
     base: Path
     started: list[ServerProcess] = field(default_factory=list)
+    data_dirs: set[Path] = field(default_factory=set)  # where local clouds may have left VMs (keep_vms_on_stop)
 
     def start(
         self,
@@ -81,6 +82,7 @@ class ServerProcesses:
         log_path = self.base / f"server{len(self.started)}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         cmd = [*CLI, "server", "--data-dir", str(data_dir), "--port", str(port), *args]
+        self.data_dirs.add((cwd or Path.cwd()) / data_dir)
         if tls is not None:
             cmd += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         with log_path.open("wb") as log:
@@ -110,6 +112,18 @@ class ServerProcesses:
     def stop_all(self) -> None:
         for server in self.started:
             server.stop()
+        for data_dir in self.data_dirs:  # a test's local VMs must not outlive it, kept on purpose or not
+            destroy_local_vms(data_dir)
+
+
+def destroy_local_vms(data_dir: Path) -> None:
+    """Destroy every local-cloud VM under ``data_dir/clouds`` (VMs run in sessions of their own)."""
+    from cloudpilot.clouds.local import LocalCloudDriver
+
+    for root in sorted((data_dir / "clouds").glob("*")) if (data_dir / "clouds").is_dir() else []:
+        driver = LocalCloudDriver(root.name, root, {}, max_vms=0)
+        for instance in driver.list():
+            driver.destroy(instance.instance_id)
 
 
 @pytest.fixture

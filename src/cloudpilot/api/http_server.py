@@ -59,4 +59,5 @@ def uvicorn_options(config: ServerConfig) -> dict[str, Any]:
         "http": protocol,
         "timeout_keep_alive": limits.keep_alive_seconds,
         "h11_max_incomplete_event_size": limits.max_header_bytes,
+        "timeout_graceful_shutdown": limits.shutdown_grace_seconds,
     }

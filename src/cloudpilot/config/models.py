@@ -61,6 +61,13 @@ class HTTPServerConfig(_Section):
         10.0, gt=0, le=3600, description="A connection must send a whole request head within this long."
     )
     keep_alive_seconds: int = Field(5, ge=1, le=3600, description="An idle keep-alive connection is closed after.")
+    shutdown_grace_seconds: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM/SIGINT, requests still open (pilots' long polls) are cut after this, so the server "
+        "stops its local VMs and exits rather than wait for every long poll.",
+    )
     max_header_bytes: int = Field(16 << 10, ge=1024, le=1 << 20, description="Largest request head (line, headers).")
 
 

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from cloudpilot.domain.jobs import Requirements
 from cloudpilot.domain.matching import TaskQueue
 from cloudpilot.domain.vms import Flavor, VMState
 
@@ -77,6 +78,21 @@ class WorkClass:
             waiting,
             tq.image,
             waiting_since,
+        )
+
+    @classmethod
+    def of_requirements(cls, vo: str, req: Requirements, wall_seconds: int) -> WorkClass:
+        """One job of these requirements (why one job waits, what a submission could ever run on)."""
+        return cls(
+            vo,
+            req.cores,
+            req.memory_mb,
+            wall_seconds,
+            frozenset(req.tags),
+            frozenset(req.sites.allow),
+            frozenset(req.sites.deny),
+            1,
+            req.image,
         )
 
     @classmethod

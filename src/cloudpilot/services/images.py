@@ -330,17 +330,7 @@ class ImageService:
         catalog = self.catalog()
         if not catalog.enforced and req.image is None:
             return None
-        wc = WorkClass(
-            job.vo,
-            req.cores,
-            req.memory_mb,
-            job.wall_seconds,
-            frozenset(req.tags),
-            frozenset(req.sites.allow),
-            frozenset(req.sites.deny),
-            1,
-            req.image,
-        )
+        wc = WorkClass.of_requirements(job.vo, req, job.wall_seconds)
         reasons = []
         for name in self.config.clouds:
             ci = self.cloud_images(name, catalog, now)

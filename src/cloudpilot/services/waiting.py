@@ -61,17 +61,7 @@ class WaitingService:
         for spec in specs:
             req = spec.requirements
             wall = req.wall_seconds or self.config.jobs.default_wall_seconds
-            wc = WorkClass(
-                vo,
-                req.cores,
-                req.memory_mb,
-                wall,
-                frozenset(req.tags),
-                frozenset(req.sites.allow),
-                frozenset(req.sites.deny),
-                1,
-                req.image,
-            )
+            wc = WorkClass.of_requirements(vo, req, wall)
             if wc in warnings:
                 continue
             reasons = [(c.name, why_unsuited(c, wc)) for c in clouds]

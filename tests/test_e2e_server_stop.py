@@ -70,17 +70,21 @@ def pids(marker: Path) -> list[int]:
     return [int(line) for line in marker.read_text().split()] if marker.exists() else []
 
 
+def started_payload(server: Server, marker: Path, seconds: float) -> tuple[str, int, int]:
+    """Start the server, submit one payload as alice and wait for it to run: her token, the job, its pid."""
+    server.start()
+    alice = server.token("--role", "user", "--vo", "lhcb", "--name", "alice")
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice}"}) as user:
+        (job_id,) = user.post("/api/v1/jobs", json=payload(marker, seconds)).json()["ids"]
+    wait_for(lambda: len(pids(marker)) == 1, timeout=60, what="the payload to start")
+    (pid,) = pids(marker)
+    return alice, job_id, pid
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_server_stops_its_local_vms_and_requeues_their_jobs(servers, tmp_path: Path, sig) -> None:  # type: ignore[no-untyped-def]
     server = servers(keep=False)
-    server.start()
-    alice = server.token("--role", "user", "--vo", "lhcb", "--name", "alice")
-    user = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice}"})
-    marker = tmp_path / "pids"
-    (job_id,) = user.post("/api/v1/jobs", json=payload(marker, 120)).json()["ids"]
-    wait_for(lambda: len(pids(marker)) == 1, timeout=60, what="the payload to start")
-    (pid,) = pids(marker)
-    user.close()
+    alice, job_id, pid = started_payload(server, marker := tmp_path / "pids", 120)
 
     log = server.stop(sig)
     deadline = time.time() + 5
@@ -102,14 +106,7 @@ def test_a_stopped_server_stops_its_local_vms_and_requeues_their_jobs(servers, t
 
 def test_keep_vms_on_stop_leaves_them_to_a_restart(servers, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = servers(keep=True)
-    server.start()
-    alice = server.token("--role", "user", "--vo", "lhcb", "--name", "alice")
-    user = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {alice}"})
-    marker = tmp_path / "pids"
-    (job_id,) = user.post("/api/v1/jobs", json=payload(marker, 8)).json()["ids"]
-    wait_for(lambda: len(pids(marker)) == 1, timeout=60, what="the payload to start")
-    (pid,) = pids(marker)
-    user.close()
+    alice, job_id, pid = started_payload(server, marker := tmp_path / "pids", 8)
     server.stop(signal.SIGTERM)
     assert is_running(pid)  # the VM and its payload carry on
 

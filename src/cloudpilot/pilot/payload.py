@@ -1,33 +1,34 @@
 """Running one payload: its own session and process group, a wall-time limit, CPU and memory sampling.
 
-The payload runs under a small supervisor (:mod:`cloudpilot.pilot.supervisor`) that leads its process group and
-takes the payload's whole tree down when the pilot dies, SIGKILL included; the supervisor exits with the
-payload's status, so to the pilot it *is* the payload. The payload's stdout and stderr go to ``job.log``.
-Stopping it means SIGTERM to the whole group, then SIGKILL
-after a grace period, so grandchildren die with it. The leader is reaped with ``wait4`` to get the CPU time of
-everything it waited for. Memory comes from ``/proc`` only: the leader's high-water mark twice a second, the
-whole group every few seconds. (``ru_maxrss`` is no use here: Linux counts in it the pilot's own memory, which
-the child shares between fork and exec.)
+The payload runs under a small supervisor (:mod:`cloudpilot.pilot.supervisor`), forked by the pilot's launcher,
+that leads its process group and takes the payload's whole tree down when the pilot dies, SIGKILL included. When
+the payload's leader ends, the supervisor writes its wait status, the CPU time of everything the payload's tree
+waited for and the leader's memory high-water mark to a pipe the pilot reads: that pipe is also how the pilot
+learns, at once, that the payload has ended. The payload's stdout and stderr go to ``job.log``. Stopping it means
+SIGTERM to the whole group, then SIGKILL after a grace period, so grandchildren die with it. Memory comes from
+``/proc`` only: the leader's high-water mark twice a second, the whole group every few seconds. (``ru_maxrss`` is
+no use here: Linux counts in it the memory of the process that forked it.)
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
+import select
 import shutil
 import signal
 import stat
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from cloudpilot.pilot import procfs, supervisor
+from cloudpilot.pilot import launcher as launchers
+from cloudpilot.pilot import procfs
 from cloudpilot.pilot.isolation import PayloadUser
+from cloudpilot.pilot.launcher import Launcher
 
 PROGRESS_LIMIT = 200
 WALL_TIME_EXCEEDED = "wall time exceeded"
@@ -88,14 +89,13 @@ class Outcome:
 
 
 class Payload:
-    """A running payload process and its process group (whose id is the leader's pid)."""
+    """A running payload: its supervisor's pid (the id of the payload's process group and session) and the pipe on
+    which the supervisor reports how the payload ended."""
 
-    def __init__(
-        self, process: subprocess.Popen[bytes], progress_file: Path | None = None, report: int | None = None
-    ) -> None:
-        self._process = process
-        self._report = report  # the read end of the supervisor's pipe: the leader's peak memory
-        self.pid = process.pid
+    def __init__(self, pid: int, report: int, progress_file: Path | None = None) -> None:
+        self.pid = pid
+        self._report: int | None = report  # the read end of the supervisor's pipe, non-blocking
+        self._received = b""
         self.progress_file = progress_file
         self._lock = threading.Lock()
         self._returncode: int | None = None
@@ -112,64 +112,59 @@ class Payload:
         log_path: Path,
         progress_file: Path | None = None,
         user: PayloadUser | None = None,
+        launcher: Launcher | None = None,
     ) -> Payload:
         """Start ``argv`` in ``cwd`` in a new session, as ``user`` if given; ``OSError`` if it cannot be executed
         (checked here, as the pilot: the supervisor could only report an exit code)."""
         if shutil.which(argv[0], path=env.get("PATH", os.defpath)) is None:
             raise FileNotFoundError(2, "no such executable file", argv[0])
-        ids = ["-", "0", ""] if user is None else [str(user.uid), str(user.gid), ",".join(map(str, user.groups))]
+        ids: dict[str, Any] = {} if user is None else {"uid": user.uid, "gid": user.gid, "groups": user.groups}
         report_r, report_w = os.pipe()
-        source = _supervisor_source()
-        wrapped = [sys.executable, "-I", "-S", "-c", source, str(os.getpid()), str(report_w), *ids, "--", *argv]
         try:
-            with open(log_path, "ab") as log:
-                process = subprocess.Popen(
-                    wrapped,
-                    cwd=cwd,
-                    env=dict(env),
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    close_fds=True,
-                    pass_fds=(report_w,),
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                pid = (launcher or launchers.shared()).spawn(
+                    argv, cwd=str(cwd), env=env, log_fd=log_fd, report_fd=report_w, **ids
                 )
+            finally:
+                os.close(log_fd)
         except OSError:
             os.close(report_r)
             raise
         finally:
             os.close(report_w)
-        return cls(process, progress_file, report_r)
+        os.set_blocking(report_r, False)
+        return cls(pid, report_r, progress_file)
 
     def poll(self) -> int | None:
         """The leader's return code once it has exited (``-N`` for signal ``N``), else ``None``."""
         with self._lock:
-            if self._returncode is not None:
+            if self._returncode is not None or self._report is None:
                 return self._returncode
             try:
-                pid, status, rusage = os.wait4(self.pid, os.WNOHANG)
-            except ChildProcessError:  # reaped elsewhere: Popen knows the code
-                self._returncode = self._process.poll()
-                if self._returncode is None:
-                    self._returncode = -signal.SIGKILL
-                self._rss = max(self._rss, self._reported_peak())
-                return self._returncode
-            if pid == 0:
+                chunk = os.read(self._report, 256)
+            except BlockingIOError:
                 return None
-            self._returncode = os.waitstatus_to_exitcode(status)
-            self._process.returncode = self._returncode  # so that Popen never waits for it again
-            self._cpu = max(self._cpu, rusage.ru_utime + rusage.ru_stime)
-            self._rss = max(self._rss, self._reported_peak())
+            self._received += chunk
+            if chunk and b"\n" not in self._received:
+                return None
+            os.close(self._report)
+            self._report = None
+            fields = self._received.split()
+            if len(fields) == 3 and all(f.lstrip(b"-").replace(b".", b"", 1).isdigit() for f in fields):
+                self._returncode = os.waitstatus_to_exitcode(int(fields[0]))
+                self._cpu = max(self._cpu, float(fields[1]))
+                self._rss = max(self._rss, int(fields[2]))
+            else:  # the supervisor died without a word (SIGKILL): so did its payload, by its hand
+                self._returncode = -signal.SIGKILL
             return self._returncode
 
-    def _reported_peak(self) -> int:
-        """What the supervisor measured of the leader (it wrote it before exiting); 0 if nothing."""
-        if self._report is None:
-            return 0
-        fd, self._report = self._report, None
-        with os.fdopen(fd, "rb") as pipe:
-            text = pipe.read(64).strip()
-        return int(text) if text.isdigit() else 0
+    def wait(self, timeout: float) -> None:
+        """Return once the payload has ended or ``timeout`` seconds have passed, whichever comes first."""
+        report = self._report
+        if report is not None and self._returncode is None:
+            with contextlib.suppress(OSError, ValueError):  # closed meanwhile by poll(): it has ended
+                select.select([report], [], [], timeout)
 
     def sample(self) -> Usage:
         """Look at every live process of the group now (but the supervisor); the usage so far (monotonic)."""
@@ -248,16 +243,6 @@ class Payload:
         return code if code is not None else -signal.SIGKILL
 
 
-_SOURCE: list[str] = []
-
-
-def _supervisor_source() -> str:
-    """The supervisor module's source, run with ``python -c`` (found in a zipapp as in a checkout)."""
-    if not _SOURCE:
-        _SOURCE.append(inspect.getsource(supervisor))
-    return _SOURCE[0]
-
-
 def supervise(
     payload: Payload,
     *,
@@ -292,5 +277,5 @@ def supervise(
             payload.sample_leader()
             next_leader = now + leader_every
         timeout = interval if wall_seconds is None else max(0.0, min(interval, started + wall_seconds - now))
-        abort.wait(timeout)
+        payload.wait(timeout)  # wakes as the payload ends; an abort is seen within one interval
         interval = min(interval * 2, 0.25)

@@ -1,44 +1,52 @@
-"""The per-payload supervisor: a small process between the pilot and a payload, so the payload's whole process
-tree dies with the pilot, however the pilot ends (SIGKILL included).
+"""The payload launcher and its per-payload supervisors: the processes between the pilot and its payloads, so
+each payload's whole process tree dies with the pilot, however the pilot ends (SIGKILL included).
 
-The pilot runs this file's source with ``python -I -S -c`` (it must stay self-contained: standard library only, no
-``cloudpilot`` import) in a new session, so the supervisor leads the payload's process group. It
+The pilot starts this file once, as the *launcher* (``python -I -S -c SOURCE serve FD``: it must stay
+self-contained, standard library only, no ``cloudpilot`` import). The launcher is a small single-threaded process
+that forks a *supervisor* for each payload the pilot asks for on the socket ``FD``: a fork of a running
+interpreter costs about a millisecond where a fresh interpreter per payload cost some 20 ms of CPU. It lives as
+long as the pilot: the pilot's end of the socket closes when the pilot ends, however it ends, and the launcher
+then exits at once.
 
-* asks for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``) and also looks at its parent every
-  :data:`POLL_SECONDS`: the signal is sent when the *thread* that forked it ends, which may be before the pilot
-  does, so the poll is what makes the check complete;
+A request is a length-prefixed JSON object (argv, environment, directory, uid, gid, groups) with two file
+descriptors attached: the payload's log (its stdout and stderr) and the write end of a *report* pipe. The answer
+is the supervisor's pid, which is also its session and process group id. Each supervisor
+
+* asks for SIGTERM when the launcher dies (``PR_SET_PDEATHSIG``; the launcher is single-threaded, so the signal
+  means the process, not a thread, has gone) and also looks at its parent every :data:`POLL_SECONDS`;
 * makes itself a child subreaper (``PR_SET_CHILD_SUBREAPER``): a grandchild that double-forks or starts a session
   of its own is re-parented to it, not to init, so "every descendant" is a set it can always find;
 * starts the payload under the payload user (groups, gid, then uid), with ``PR_SET_PDEATHSIG = SIGKILL`` set
   *after* the user change (the kernel clears it on a credential change);
 * when its parent is gone: SIGKILLs every descendant and exits; when the payload's leader exits: SIGKILLs what it
-  left behind and exits with the leader's status (dying by the same signal if it was killed), so the pilot sees
-  what it would have seen of the payload itself.
+  left behind and writes ``STATUS CPU PEAK`` to the report pipe: the leader's wait status, the CPU seconds of the
+  payload's tree (every process it waited for) and the leader's memory high-water mark (``VmHWM``), measured as
+  soon as it has exec'd and at every wake-up, so a payload that ends within milliseconds is measured too.
 
 A SIGTERM while the pilot lives is the pilot stopping the job: it went to the whole group, the payload got it
 too, and the supervisor waits for the leader as usual.
-
-It also measures the leader's memory high-water mark (``VmHWM``) as soon as it has exec'd and at every wake-up,
-and writes the largest value to the pilot's pipe ``REPORT_FD`` when the leader has ended: a payload that ends
-within milliseconds is measured too, which the pilot, one process further away, could not do.
-
-Usage: ``-c SOURCE PILOT_PID REPORT_FD UID GID GROUPS -- ARGV...`` (``UID`` ``-`` keeps the user; ``GROUPS``
-comma-separated).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import resource
+import select
 import signal
+import socket
+import struct
 import sys
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 POLL_SECONDS = 0.2
 WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+HEADER = struct.Struct("!I")  # the length of a request's JSON
+PID = struct.Struct("!i")  # the answer: the supervisor's pid, or -errno when it could not be forked
+MAX_REQUEST = 64 * 1024 * 1024
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -46,6 +54,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def prctl(option: int, value: int) -> None:
     if _libc.prctl(option, value, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+# --- the supervisor: one payload ---------------------------------------------------------------------------
 
 
 def descendants(root: int) -> list[int]:
@@ -70,23 +81,27 @@ def descendants(root: int) -> list[int]:
     return found
 
 
-def reap() -> list[tuple[int, int]]:
-    """Reap every child that has ended (orphans included): their (pid, status)."""
+def reap() -> tuple[list[tuple[int, int]], bool]:
+    """Reap every child that has ended (orphans included): their (pid, status), and whether any child is left."""
     ended = []
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return ended
+            return ended, False
         if pid == 0:
-            return ended
+            return ended, True
         ended.append((pid, status))
 
 
 def kill_all() -> None:
-    """SIGKILL every descendant until none is left (a dying process may still fork)."""
+    """SIGKILL every descendant until none is left (a dying process may still fork). As a subreaper with no
+    child left, it has no descendant either (an orphan would have come to it): the usual case costs no scan."""
     me = os.getpid()
     for _ in range(100):
+        _, children_left = reap()
+        if not children_left:
+            return
         pids = descendants(me)
         if not pids:
             return
@@ -94,7 +109,6 @@ def kill_all() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         signal.sigtimedwait([signal.SIGCHLD], 0.01)
-        reap()
 
 
 def peak_rss(pid: int) -> int:
@@ -109,7 +123,8 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def start_payload(argv: list[str], uid: int | None, gid: int, groups: list[int], report: int) -> int:
+def start_payload(argv: list[str], env: dict[str, str], uid: int | None, gid: int, groups: list[int],
+                  report: int) -> int:  # fmt: skip
     """Fork and exec the payload as ``uid``; its pid, once it has exec'd (or failed to)."""
     me = os.getpid()
     exec_r, exec_w = os.pipe()  # both close-on-exec: EOF on exec_r means the exec happened
@@ -130,7 +145,7 @@ def start_payload(argv: list[str], uid: int | None, gid: int, groups: list[int],
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != me:
             os._exit(125)
-        os.execvp(argv[0], argv)
+        os.execvpe(argv[0], argv, env)
     except OSError as exc:
         os.write(2, f"cloudpilot: cannot start {argv[0]!r}: {exc}\n".encode())
         os._exit(127)
@@ -138,46 +153,127 @@ def start_payload(argv: list[str], uid: int | None, gid: int, groups: list[int],
         os._exit(127)
 
 
-def exit_like(status: int) -> None:
-    """Exit with the leader's status: its code, or death by its signal."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP take no handler, have none
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
-        os.kill(os.getpid(), sig)
-        os._exit(128 + sig)  # a signal that does not kill (not expected)
-    os._exit(os.waitstatus_to_exitcode(status))
-
-
-def main(args: list[str]) -> None:
-    pilot, report_text, uid_text, gid_text, groups_text = args[:5]
-    report = int(report_text)
-    argv = args[args.index("--") + 1 :]
-    parent = int(pilot)
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # exit_like may re-raise a core-dumping signal
+def supervise(parent: int, report: int, request: dict) -> None:
+    """The supervisor's life (in the forked child of the launcher): start the payload, wait for it, report."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
     prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     prctl(PR_SET_CHILD_SUBREAPER, 1)
-    if os.getppid() != parent:  # the pilot died before the line above
+    if os.getppid() != parent:  # the launcher died before the line above
         os._exit(137)
-    uid = None if uid_text == "-" else int(uid_text)
-    groups = [int(g) for g in groups_text.split(",") if g]
-    leader = start_payload(argv, uid, int(gid_text), groups, report)
+    uid = request.get("uid")
+    leader = start_payload(request["argv"], request["env"], uid, request.get("gid", 0), request.get("groups", []),
+                           report)  # fmt: skip
     peak = peak_rss(leader)
     while True:
         if os.getppid() != parent:
             kill_all()
             os._exit(137)
-        for pid, status in reap():
+        ended, _ = reap()
+        for pid, status in ended:
             if pid == leader:
                 kill_all()
+                usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the payload's whole tree, reaped here
+                cpu = usage.ru_utime + usage.ru_stime
                 with contextlib.suppress(OSError):
-                    os.write(report, f"{peak}\n".encode())
-                exit_like(status)
+                    os.write(report, f"{status} {cpu:.3f} {peak}\n".encode())
+                os._exit(0)
         signal.sigtimedwait(WATCHED, POLL_SECONDS)
         peak = max(peak, peak_rss(leader))
 
 
+def become_supervisor(launcher: int, sock: socket.socket, wake: int, fds: list[int], request: dict) -> None:
+    """In the launcher's fresh fork: a session of its own, the payload's directory and log, then :func:`supervise`.
+    Never returns."""
+    log_fd, report = fds
+    try:
+        sock.close()
+        os.close(wake)
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the launcher's, not ours
+            signal.signal(sig, signal.SIG_DFL)
+        os.setsid()
+        os.chdir(request["cwd"])
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        for fd in (null, log_fd):
+            if fd > 2:
+                os.close(fd)
+        supervise(launcher, report, request)
+    except BaseException as exc:  # nothing may return into the launcher's loop
+        with contextlib.suppress(OSError):
+            os.write(2, f"cloudpilot: cannot supervise the payload: {exc}\n".encode())
+            os.write(report, f"{127 << 8} 0 0\n".encode())
+    finally:
+        os._exit(127)
+
+
+# --- the launcher: one per pilot ---------------------------------------------------------------------------
+
+
+def receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
+    """The next request and its file descriptors; ``None`` when the pilot has closed its end."""
+    data, fds, _, _ = socket.recv_fds(sock, HEADER.size, 2)
+    if not data:
+        return None
+    while len(data) < HEADER.size:
+        more = sock.recv(HEADER.size - len(data))
+        if not more:
+            return None
+        data += more
+    (size,) = HEADER.unpack(data)
+    if size > MAX_REQUEST:
+        raise ValueError(f"request of {size} bytes")
+    body = bytearray()
+    while len(body) < size:
+        more = sock.recv(min(size - len(body), 1 << 20))
+        if not more:
+            return None
+        body += more
+    return json.loads(body), list(fds)
+
+
+def serve(sock_fd: int) -> None:
+    """Fork a supervisor per request until the pilot's end of the socket closes; reap them as they end."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the launcher ends with its pilot, not before
+        signal.signal(sig, signal.SIG_IGN)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select below through the wakeup fd
+    sock = socket.socket(fileno=sock_fd)
+    me = os.getpid()
+    while True:
+        readable, _, _ = select.select([sock, wake_r], [], [], 1.0)
+        if wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_r, 4096)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        if sock not in readable:
+            continue
+        received = receive(sock)
+        if received is None:
+            os._exit(0)
+        request, fds = received
+        try:
+            if len(fds) != 2:
+                raise OSError(0, f"{len(fds)} file descriptors with the request, not 2")
+            pid = os.fork()
+            if pid == 0:
+                become_supervisor(me, sock, wake_r, fds, request)
+        except OSError as exc:
+            pid = -(exc.errno or 1)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        sock.sendall(PID.pack(pid))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] != ["serve"]:
+        sys.exit("usage: supervisor.py serve FD")
+    serve(int(sys.argv[2]))

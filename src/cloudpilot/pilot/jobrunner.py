@@ -196,7 +196,6 @@ class JobRunner:
             if problem is not None:
                 self._report({"state": "failed", "exit_code": None, "reason": problem})
                 return JobEnd.DELIVERED
-        self._report({"state": "running"})
         outcome = self._outcome = self._execute()
         # With a slot handover (the final report asks for the slot's next job) the cores stay this job's until
         # that report is answered; otherwise they are free as soon as the payload has ended.
@@ -307,11 +306,14 @@ class JobRunner:
             with open(log_path, "a") as f:
                 f.write(f"cloudpilot: cannot start {job.executable!r}: {exc}\n")
             return Outcome(None, start_error=str(exc))
-        if job.events is not None:
-            self._events = self._event_uploader()
-            self._events.start()
         pid_record = record(self.private, payload.pid)
         try:
+            # Reported once the payload has started, so the round trip overlaps its first milliseconds instead of
+            # delaying them; a refusal (lease lost, job killed meanwhile) stops it as one during the run would.
+            self._report({"state": "running"})
+            if job.events is not None:
+                self._events = self._event_uploader()
+                self._events.start()
             return supervise(
                 payload,
                 wall_seconds=job.wall_seconds,

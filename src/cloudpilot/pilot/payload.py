@@ -96,6 +96,7 @@ class Payload:
         self.pid = pid
         self._report: int | None = report  # the read end of the supervisor's pipe, non-blocking
         self._received = b""
+        self._reported = False  # the supervisor said how it ended: it has killed what the payload left, too
         self.progress_file = progress_file
         self._lock = threading.Lock()
         self._returncode: int | None = None
@@ -155,6 +156,7 @@ class Payload:
                 self._returncode = os.waitstatus_to_exitcode(int(fields[0]))
                 self._cpu = max(self._cpu, float(fields[1]))
                 self._rss = max(self._rss, int(fields[2]))
+                self._reported = True
             else:  # the supervisor died without a word (SIGKILL): so did its payload, by its hand
                 self._returncode = -signal.SIGKILL
             return self._returncode
@@ -232,8 +234,9 @@ class Payload:
         return self.poll() is None or bool(procfs.group_members(self.pid))
 
     def kill_leftovers(self) -> None:
-        """After the leader has exited: SIGKILL what it left running in its group (daemonized children)."""
-        if procfs.group_members(self.pid):
+        """After the leader has exited: SIGKILL what it left running in its group (daemonized children). A
+        supervisor that reported has done so already; only one that died unheard may have left some."""
+        if not self._reported and procfs.group_members(self.pid):
             self.signal_group(signal.SIGKILL)
 
     def _reap(self, timeout: float = 10.0) -> int:
@@ -255,8 +258,9 @@ def supervise(
 ) -> Outcome:
     """Wait for ``payload`` to end, enforcing ``wall_seconds`` and stopping it as soon as ``abort`` is set."""
     started = clock()
-    next_sample = next_leader = started
-    interval = 0.01  # short payloads end quickly; long ones are looked at four times a second
+    next_sample = started + sample_every  # the first look at the whole group: most short payloads end before
+    next_leader = started + leader_every
+    interval = 0.05  # the payload's end wakes the wait below; an abort is seen within an interval
     while True:
         code = payload.poll()
         if code is not None:
@@ -277,5 +281,5 @@ def supervise(
             payload.sample_leader()
             next_leader = now + leader_every
         timeout = interval if wall_seconds is None else max(0.0, min(interval, started + wall_seconds - now))
-        payload.wait(timeout)  # wakes as the payload ends; an abort is seen within one interval
+        payload.wait(timeout)
         interval = min(interval * 2, 0.25)

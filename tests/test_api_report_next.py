@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import time
 
 from cloudpilot.domain.auth import Role
 from tests.helpers.archives import tar_gz
@@ -43,3 +44,28 @@ def test_a_final_report_stores_its_inline_output_and_answers_the_next_job(server
     r = pilot.post(f"/api/v1/jobs/{second}/report", json={"lease_token": token, "state": "done", "next": {}})
     assert r.json() == {"id": second, "state": "done", "next": None}
     assert not user.get(f"/api/v1/jobs/{second}").json()["has_output"]
+
+
+def test_a_job_ended_before_its_running_report_goes_through_running_by_ran_seconds(server: RunningServer) -> None:
+    user = server.client(server.token(Role.USER, "alice", vo="lhcb"))
+    (job_id,) = user.post("/api/v1/jobs", json={"executable": "true"}).json()["ids"]
+    pilot = server.client(server.token(Role.PILOT, vo="lhcb"))
+    pid = register(pilot)
+    lease = pilot.post("/api/v1/pilots/match", json={"pilot_id": pid}).json()["lease"]["token"]
+    report = f"/api/v1/jobs/{job_id}/report"
+
+    r = pilot.post(report, json={"lease_token": lease, "state": "running", "ran_seconds": 1})
+    assert r.status_code == 422 and r.json()["error"]["field"] == "ran_seconds"
+    r = pilot.post(report, json={"lease_token": lease, "state": "done"})  # matched cannot skip running
+    assert r.status_code == 409 and user.get(f"/api/v1/jobs/{job_id}").json()["state"] == "matched"
+
+    time.sleep(0.5)
+    r = pilot.post(report, json={"lease_token": lease, "state": "done", "exit_code": 0, "ran_seconds": 0.25})
+    assert r.json() == {"id": job_id, "state": "done"}
+    job = user.get(f"/api/v1/jobs/{job_id}").json()
+    assert [(e["from_state"], e["to_state"]) for e in job["history"]][-2:] == [("matched", "running"),
+                                                                               ("running", "done")]  # fmt: skip
+    assert abs(job["finished_at"] - job["started_at"] - 0.25) < 0.01
+    # The accounting record says how long it ran, not how long the pilot held it.
+    (record,) = [u for u in user.get("/api/v1/accounting/jobs").json()["records"] if u["job_id"] == job_id]
+    assert abs(record["wall_seconds"] - 0.25) < 0.01

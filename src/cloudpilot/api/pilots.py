@@ -84,6 +84,8 @@ class ReportBody(_Body):
     reason: str | None = Field(None, max_length=2000)
     cpu_seconds: float | None = Field(None, ge=0, le=MAX_SECONDS)
     max_rss_bytes: int | None = Field(None, ge=0, le=MAX_ID)
+    # A final report of a job never reported running (its payload ended within a second) says how long it ran.
+    ran_seconds: float | None = Field(None, ge=0, le=MAX_SECONDS)
     # A final report may bring the job's output sandbox inline when it is small (instead of PUT .../output) …
     output: str | None = Field(None, max_length=INLINE_OUTPUT_CHARS)
     # … and ask for the slot's next job: the answer's "next" is then what /pilots/match would have answered.
@@ -231,6 +233,7 @@ def report(job_id: JobId, body: ReportBody, principal: PrincipalDep, services: S
         cpu_seconds=body.cpu_seconds,
         max_rss_bytes=body.max_rss_bytes,
         output_sandbox=output,
+        ran_seconds=body.ran_seconds,
     )
     answer: dict[str, Any] = {"id": job.id, "state": job.state.value}
     if body.next is not None and job.state.is_final:

@@ -280,11 +280,14 @@ class FakeTransport:
         if state == "done" and body.get("exit_code") not in (0, None):
             self._record("report", {"job_id": job_id, "body": body}, failed=True)
             raise RequestRejected("a job with a non-zero exit code is failed, not done", status=422, code="invalid")
-        extended = {"output", "next"} & body.keys()
+        extended = {"output", "next", "ran_seconds"} & body.keys()
         if extended and self.old_server:
             self._record("report", {"job_id": job_id, "body": body}, failed=True)
             raise RequestRejected(f"unknown fields {sorted(extended)}", status=422, code="invalid")
         job = self._job_call("report", job_id, body.get("lease_token"), {"body": body})
+        if job.state == "matched" and state == "done" and body.get("ran_seconds") is None:
+            # as the real server: a job goes through running, said so or carried by ran_seconds
+            raise LeaseLost(f"job {job_id} is matched, not running: it cannot be done", status=409)
         answer: dict[str, Any] = {"id": job_id, "state": state}
         with self._cond:
             job.state = str(state)

@@ -49,6 +49,9 @@ JOBFEATURES_DIR = ".jobfeatures"
 CHECKPOINT_FILE = ".cloudpilot-checkpoint"
 PROGRESS_FILE = ".cloudpilot-progress"
 PILOT_FILES = frozenset({JOBFEATURES_DIR, CHECKPOINT_FILE, PROGRESS_FILE})
+# A payload still running after this long is reported running; one that ends sooner is reported once, at its
+# end, with how long it ran (``ran_seconds``): a job of a few milliseconds costs one report, not two.
+RUNNING_REPORT_AFTER = 1.0
 INLINE_OUTPUT_BYTES = 64 * 1024  # the server's limit for an output inline in the report (docs/rest-api.md)
 
 
@@ -115,6 +118,7 @@ class JobRunner:
         self._cores_freed = False
         self._events: EventUploader | None = None
         self._started_at: float | None = None  # UNIX time the payload started
+        self._ran_from: float | None = None  # the payload's start on the monotonic clock, until reported running
         self._features_lock = threading.Lock()
         self._features_live = False  # the payload runs: its job features may be rewritten
         self._heartbeat = Heartbeater(
@@ -197,6 +201,7 @@ class JobRunner:
                 self._report({"state": "failed", "exit_code": None, "reason": problem})
                 return JobEnd.DELIVERED
         outcome = self._outcome = self._execute()
+        ran_for = None if self._ran_from is None else round(max(0.0, self.clock() - self._ran_from), 3)
         # With a slot handover (the final report asks for the slot's next job) the cores stay this job's until
         # that report is answered; otherwise they are free as soon as the payload has ended.
         handover = self.next_offer is not None and self.on_next is not None and self.transport.report_extensions
@@ -222,6 +227,8 @@ class JobRunner:
             "cpu_seconds": usage.cpu_seconds,
             "max_rss_bytes": usage.max_rss_bytes or None,  # 0: ended before it could be measured
         }
+        if ran_for is not None and self._ran_from is not None:  # it ended before its running report
+            final["ran_seconds"] = ran_for
         inline = inline_output(self.archive) if self.transport.report_extensions else None
         if inline is None:
             if handover:  # a big output: the slot is not held while it uploads
@@ -245,17 +252,23 @@ class JobRunner:
         self._free_cores()
         return JobEnd.DELIVERED
 
+    def _report_running(self) -> None:
+        self._report({"state": "running"})
+        self._ran_from = None
+
     def _final_report(self, final: dict[str, Any]) -> dict[str, Any]:
         """The final report; a server that predates inline outputs and slot handovers (it refuses the fields
         with a 422) gets the old sequence: the output uploaded, then a plain report."""
         try:
             return self._report(final)
         except RequestRejected as exc:
-            if exc.status != 422 or not ({"output", "next"} & final.keys()):
+            if exc.status != 422 or not ({"output", "next", "ran_seconds"} & final.keys()):
                 raise
         log.warning("%s: the server knows no inline output nor handover; using upload and report", self.job.label)
         self.transport.report_extensions = False  # for every later job too
         final.pop("next", None)
+        if final.pop("ran_seconds", None) is not None:
+            self._report_running()
         if final.pop("output", None) is not None:
             call = lambda: self.transport.upload_output(self.job.id, self.lease.token, self.archive)  # noqa: E731
             self._deliver("upload the output", call)
@@ -307,10 +320,13 @@ class JobRunner:
                 f.write(f"cloudpilot: cannot start {job.executable!r}: {exc}\n")
             return Outcome(None, start_error=str(exc))
         pid_record = record(self.private, payload.pid)
+        self._ran_from = self.clock()
         try:
-            # Reported once the payload has started, so the round trip overlaps its first milliseconds instead of
-            # delaying them; a refusal (lease lost, job killed meanwhile) stops it as one during the run would.
-            self._report({"state": "running"})
+            # The running report goes once the payload has run a while (or at once, with events to upload, or
+            # to a server that knows no ran_seconds): its round trip never delays the start. A refusal (lease
+            # lost, job killed meanwhile) stops the payload as one during the run would.
+            if job.events is not None or not self.transport.report_extensions:
+                self._report_running()
             if job.events is not None:
                 self._events = self._event_uploader()
                 self._events.start()
@@ -320,6 +336,8 @@ class JobRunner:
                 abort=self._abort,
                 grace=self.config.kill_grace_seconds,
                 clock=self.clock,
+                on_running=None if self._ran_from is None else self._report_running,
+                running_after=RUNNING_REPORT_AFTER,
             )
         finally:
             with self._features_lock:

@@ -255,8 +255,11 @@ def supervise(
     clock: Callable[[], float] = time.monotonic,
     sample_every: float = 5.0,
     leader_every: float = 0.5,
+    on_running: Callable[[], object] | None = None,
+    running_after: float = 1.0,
 ) -> Outcome:
-    """Wait for ``payload`` to end, enforcing ``wall_seconds`` and stopping it as soon as ``abort`` is set."""
+    """Wait for ``payload`` to end, enforcing ``wall_seconds`` and stopping it as soon as ``abort`` is set;
+    ``on_running()`` is called once, if the payload still runs ``running_after`` seconds after its start."""
     started = clock()
     next_sample = started + sample_every  # the first look at the whole group: most short payloads end before
     next_leader = started + leader_every
@@ -280,6 +283,11 @@ def supervise(
         elif now >= next_leader:
             payload.sample_leader()
             next_leader = now + leader_every
+        if on_running is not None and now - started >= running_after:
+            on_running()
+            on_running = None
         timeout = interval if wall_seconds is None else max(0.0, min(interval, started + wall_seconds - now))
+        if on_running is not None:
+            timeout = max(0.0, min(timeout, started + running_after - now))
         payload.wait(timeout)
         interval = min(interval * 2, 0.25)

@@ -228,6 +228,7 @@ class PilotService:
         cpu_seconds: float | None,
         max_rss_bytes: int | None,
         output_sandbox: str | None = None,
+        ran_seconds: float | None = None,
     ) -> Job:
         if state not in (JobState.RUNNING, JobState.DONE, JobState.FAILED):
             raise BadInput(f"a pilot reports running, done or failed, not {state.value}", "state")
@@ -235,6 +236,8 @@ class PilotService:
             raise BadInput(f"a job that exited with code {exit_code} is failed, not done", "exit_code")
         if output_sandbox is not None and state is JobState.RUNNING:
             raise BadInput("an output comes with the job's end (done or failed), not with running", "output")
+        if ran_seconds is not None and state is JobState.RUNNING:
+            raise BadInput("ran_seconds comes with the job's end (done or failed), not with running", "ran_seconds")
         # The holder's checks run on the row the report locks: one transaction, no read of its own before it.
         return self.jobs.report(
             job_id,
@@ -248,6 +251,7 @@ class PilotService:
             half_life=self.config.fair_share.half_life_seconds,
             check=self._holder_check(principal, lease_token),
             output_sandbox=output_sandbox,
+            ran_seconds=ran_seconds,
         )
 
     def halt(self, principal: Principal, pilot_id: str, code: int, message: str, now: float) -> None:

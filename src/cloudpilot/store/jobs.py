@@ -306,16 +306,23 @@ class JobRepository:
         half_life: float = 86400.0,
         check: Callable[[Job], None] | None = None,
         output_sandbox: str | None = None,
+        ran_seconds: float | None = None,
     ) -> Job:
         """A pilot's report about the job it holds: ``running``, ``done`` or ``failed``.
 
         ``check`` sees the locked row first (the caller's authorization: who may report, in its own order of
-        refusals), so no separate read is needed; ``output_sandbox`` records the job's output with its end."""
+        refusals), so no separate read is needed; ``output_sandbox`` records the job's output with its end.
+        ``ran_seconds`` comes with the end of a job still ``matched`` (a payload so short its pilot reported it
+        only once): it went through ``running`` from ``ran_seconds`` ago, which history and accounting show."""
         with self.db.write() as conn:
             job = self._get(conn, job_id, for_update=self.db.is_postgres)
             if check is not None:
                 check(job)
             job.check_lease(lease_token)
+            if ran_seconds is not None and target.is_final and job.state is JobState.MATCHED:
+                started = max(job.updated_at, now - ran_seconds)  # never before it was matched
+                job = self._move(conn, job, JobState.RUNNING, started, _default_reason(JobState.RUNNING, None),
+                                 {"started_at": started})  # fmt: skip
             values: dict[str, Any] = {}
             if target is JobState.RUNNING:
                 values["started_at"] = now

@@ -245,9 +245,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(data_dir: Path, config_path: Path, port: int) -> subprocess.Popen:
+def start_server(data_dir: Path, config_path: Path, port: int, workers: int = 1) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "cloudpilot.cli.main", "server", "--data-dir", str(data_dir),
            "--config", str(config_path), "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -357,7 +359,8 @@ def run(backend: str, size: int, args: argparse.Namespace) -> dict[str, object]:
             print(f"[{backend} {size:,}] database round trips per match…", flush=True)
             row["round_trips"] = round_trips_per_match(config, data_dir, pg_name, offers, 1000)
         port = free_port()
-        server = start_server(data_dir, config_path, port)
+        workers = args.pg_workers if pg_name is not None else 1  # several processes need PostgreSQL
+        server = start_server(data_dir, config_path, port, workers)
         try:
             print(f"[{backend} {size:,}] HTTP matches for {args.http_seconds} s…", flush=True)
             row["http"] = over_http(
@@ -434,6 +437,8 @@ def main() -> None:
     parser.add_argument("--http-seconds", type=float, default=20.0)
     parser.add_argument("--inproc-matches", type=int, default=5000)
     parser.add_argument("--client-procs", type=int, default=4)
+    parser.add_argument("--pg-workers", type=int, default=1,
+                        help="server processes on PostgreSQL (cloudpilot server --workers): one per core deployed")
     parser.add_argument("--client-threads", type=int, default=4)
     parser.add_argument("--bulk-jobs", type=int, default=20_000)
     parser.add_argument("--keep", action="store_true", help="keep the data directories")

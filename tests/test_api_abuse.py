@@ -131,6 +131,22 @@ def test_slow_request_heads_and_idle_connections_are_closed(server: RunningServe
         assert _closed_within(idle, 3)  # keep-alive ends after server.keep_alive_seconds
 
 
+def test_an_oversized_request_head_gets_431_and_the_connection_is_closed(server: RunningServer) -> None:
+    port = int(server.url.rsplit(":", 1)[1])
+    one_big = b"X-Pad: " + b"x" * 20_000 + b"\r\n"
+    many_small = b"".join(b"X-Pad-%d: " % i + b"x" * 3_000 + b"\r\n" for i in range(8))
+    for headers in (one_big, many_small):  # over server.max_header_bytes (16 KiB), either way
+        with socket.create_connection(("127.0.0.1", port)) as big:
+            big.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+            answer = big.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 431"), answer[:200]
+            assert b"server.max_header_bytes (16384 bytes)" in answer
+            assert _closed_within(big, 3)
+    with socket.create_connection(("127.0.0.1", port)) as fine:  # a head under the limit is served
+        fine.sendall(b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"x" * 8000 + b"\r\n\r\n")
+        assert b"200 OK" in fine.recv(4096)
+
+
 def test_token_expiry_is_exact_whatever_the_cache(server: RunningServer) -> None:
     root = server.client(server.token(Role.ADMIN, "root"))
     now = time.time()

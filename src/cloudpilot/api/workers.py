@@ -66,6 +66,7 @@ def worker_app() -> FastAPI:
     configure_logging(settings["log_level"], settings["log_format"])
     config = load_config(Path(settings["config"]) if settings["config"] else None)
     HeadTimeoutProtocol.header_timeout = config.server.header_timeout_seconds
+    HeadTimeoutProtocol.max_header_bytes = config.server.max_header_bytes
     services = Services.build(config, Path(settings["data_dir"]))
     services.public_url = settings["public_url"]
     return create_app(services)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 
+from cloudpilot.store.fastpath import StatementCache
 from cloudpilot.store.fence import EpochFence
 
 
@@ -26,6 +27,8 @@ class Database:
         self.is_postgres = url.startswith("postgresql")
         self._write_lock = threading.Lock()
         self.engine = _make_engine(url)
+        # The hot path's statements, compiled once (store/fastpath.py).
+        self.statements = StatementCache(self.engine)
         # The leader's epoch: the writes only a leader makes check it (store/fence.py, services/leadership.py).
         self.fence = EpochFence()
 

@@ -8,7 +8,7 @@ opened by :class:`~cloudpilot.store.database.Database`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -39,9 +39,26 @@ class CompiledStatement:
         finally:
             cursor.close()
 
-    def run(self, conn: Connection, params: Mapping[str, Any]) -> None:
+    def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
+        """Execute; the number of rows it changed."""
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, self._params(params))
+            return int(cursor.rowcount)
         finally:
             cursor.close()
+
+
+class StatementCache:
+    """Statements compiled once, by key, for one engine: a statement whose shape varies (the columns an UPDATE
+    sets) gets one entry per shape, and there are few."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._compiled: dict[Hashable, CompiledStatement] = {}
+
+    def __call__(self, key: Hashable, build: Callable[[], ClauseElement]) -> CompiledStatement:
+        found = self._compiled.get(key)
+        if found is None:
+            found = self._compiled[key] = CompiledStatement(build(), self._engine)
+        return found

@@ -168,12 +168,8 @@ class JobRepository:
         with self.db.read() as conn:
             return self._get(conn, job_id)
 
-    @staticmethod
-    def _get(conn: Connection, job_id: int, for_update: bool = False) -> Job:
-        stmt = select(jobs).where(jobs.c.id == job_id)
-        if for_update:
-            stmt = stmt.with_for_update()
-        row = conn.execute(stmt).mappings().first()
+    def _get(self, conn: Connection, job_id: int, for_update: bool = False) -> Job:
+        row = self.db.statements(("job", for_update), lambda: _job_by_id(for_update)).first(conn, {"id": job_id})
         if row is None:
             raise NotFound(f"job {job_id} does not exist")
         return job_from_row(row)
@@ -473,52 +469,48 @@ class JobRepository:
 
     # --- internals --------------------------------------------------------------------------------------
 
-    @staticmethod
-    def _move(conn: Connection, job: Job, target: JobState, now: float, reason: str, values: dict[str, Any]) -> Job:
+    def _move(
+        self, conn: Connection, job: Job, target: JobState, now: float, reason: str, values: dict[str, Any]
+    ) -> Job:
         check_transition(job.id, job.state, target)
         values = {**values, "state": target.value, "updated_at": now}
-        result = conn.execute(update(jobs).where(jobs.c.id == job.id, jobs.c.state == job.state.value).values(**values))
-        if result.rowcount != 1:
+        columns = tuple(sorted(values))
+        stmt = self.db.statements(("move", columns), lambda: _move_statement(columns))
+        if stmt.run(conn, {**{f"v_{c}": v for c, v in values.items()}, "job": job.id, "from": job.state.value}) != 1:
             raise Conflict(f"job {job.id} changed state while being moved to {target.value}")
-        conn.execute(
-            insert(job_events).values(
-                job_id=job.id, at=now, from_state=job.state.value, to_state=target.value, reason=reason
-            )
-        )
+        event = {"job_id": job.id, "at": now, "from_state": job.state.value, "to_state": target.value, "reason": reason}
+        self.db.statements("job_event", _event_statement).run(conn, event)
         moved = job.model_copy(update={**values, "state": target})
         if target.is_final:
-            JobRepository._record_job_end(conn, moved, now)
+            self._record_job_end(conn, moved, now)
         return moved
 
-    @staticmethod
-    def _record_job_end(conn: Connection, job: Job, now: float) -> None:
+    def _record_job_end(self, conn: Connection, job: Job, now: float) -> None:
         """The job's accounting record, in the transaction that makes it final (so it is never lost)."""
         site = cloud = vm_id = None
         if job.pilot_id is not None:
-            where = select(pilots.c.site, pilots.c.cloud, pilots.c.vm_id).where(pilots.c.id == job.pilot_id)
-            found = conn.execute(where).first()
+            found = self.db.statements("pilot_place", _pilot_place_statement).first(conn, {"pilot": job.pilot_id})
             if found is not None:
-                site, cloud, vm_id = found
+                site, cloud, vm_id = found["site"], found["cloud"], found["vm_id"]
         started = job.started_at
-        conn.execute(
-            insert(job_usage).values(
-                job_id=job.id,
-                vo=job.vo,
-                owner=job.owner,
-                state=job.state.value,
-                site=site,
-                cloud=cloud,
-                vm_id=vm_id,
-                cores=job.cores,
-                submitted_at=job.submitted_at,
-                started_at=started,
-                ended_at=now,
-                wall_seconds=max(0.0, now - started) if started is not None else 0.0,
-                cpu_seconds=job.cpu_seconds or 0.0,
-                exit_code=job.exit_code,
-                attempts=job.attempts,
-            )
-        )
+        record = {
+            "job_id": job.id,
+            "vo": job.vo,
+            "owner": job.owner,
+            "state": job.state.value,
+            "site": site,
+            "cloud": cloud,
+            "vm_id": vm_id,
+            "cores": job.cores,
+            "submitted_at": job.submitted_at,
+            "started_at": started,
+            "ended_at": now,
+            "wall_seconds": max(0.0, now - started) if started is not None else 0.0,
+            "cpu_seconds": job.cpu_seconds or 0.0,
+            "exit_code": job.exit_code,
+            "attempts": job.attempts,
+        }
+        self.db.statements(("insert", "job_usage"), lambda: _insert_statement(job_usage, record)).run(conn, record)
 
     # --- events -----------------------------------------------------------------------------------------
 
@@ -555,13 +547,12 @@ class JobRepository:
             ).mappings()
             return [{str(k): v for k, v in r.items()} for r in rows]  # keys are quoted_name, not str
 
-    @staticmethod
-    def _record_usage(conn: Connection, job: Job, now: float, half_life: float) -> None:
+    def _record_usage(self, conn: Connection, job: Job, now: float, half_life: float) -> None:
         """Add the core-seconds of the attempt that ends now to its owner's recent usage."""
         start = job.started_at or job.updated_at
         spent = max(0.0, now - start) * job.cores
-        key = and_(usage.c.vo == job.vo, usage.c.owner == job.owner)
-        row = conn.execute(select(usage.c.core_seconds, usage.c.updated_at).where(key).with_for_update()).first()
+        owner = {"vo": job.vo, "owner": job.owner}
+        row = self.db.statements("usage_of", _usage_statement).first(conn, owner)
         if row is None:
             # Two first-ever usages of an owner may race on PostgreSQL: the loser adds to the winner's row.
             first = _upsert(conn)(usage).values(vo=job.vo, owner=job.owner, core_seconds=spent, updated_at=now)
@@ -572,8 +563,45 @@ class JobRepository:
                 )
             )
         else:
-            total = decayed(row[0], row[1], now, half_life) + spent
-            conn.execute(update(usage).where(key).values(core_seconds=total, updated_at=now))
+            total = decayed(row["core_seconds"], row["updated_at"], now, half_life) + spent
+            self.db.statements("usage_set", _usage_update_statement).run(
+                conn, {**owner, "v_core": total, "v_at": now}
+            )
+
+
+def _job_by_id(for_update: bool) -> Any:
+    stmt = select(jobs).where(jobs.c.id == bindparam("id"))
+    return stmt.with_for_update() if for_update else stmt
+
+
+def _move_statement(columns: tuple[str, ...]) -> Any:
+    """UPDATE of a job's ``columns`` (parameters ``v_<column>``) if it still is in state ``from``."""
+    where = and_(jobs.c.id == bindparam("job"), jobs.c.state == bindparam("from"))
+    return update(jobs).where(where).values({c: bindparam(f"v_{c}") for c in columns})
+
+
+def _event_statement() -> Any:
+    return _insert_statement(job_events, ("job_id", "at", "from_state", "to_state", "reason"))
+
+
+def _insert_statement(table: Any, columns: Iterable[str]) -> Any:
+    return insert(table).values({c: bindparam(c) for c in columns})
+
+
+def _pilot_place_statement() -> Any:
+    return select(pilots.c.site, pilots.c.cloud, pilots.c.vm_id).where(pilots.c.id == bindparam("pilot"))
+
+
+def _usage_key() -> Any:
+    return and_(usage.c.vo == bindparam("vo"), usage.c.owner == bindparam("owner"))
+
+
+def _usage_statement() -> Any:
+    return select(usage.c.core_seconds, usage.c.updated_at).where(_usage_key()).with_for_update()
+
+
+def _usage_update_statement() -> Any:
+    return update(usage).where(_usage_key()).values(core_seconds=bindparam("v_core"), updated_at=bindparam("v_at"))
 
 
 def _upsert(conn: Connection):  # type: ignore[no-untyped-def]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from cloudpilot.store.database import Database
 from cloudpilot.store.schema import sandboxes
@@ -13,10 +17,17 @@ class SandboxRepository:
         self.db = db
 
     def record(self, sandbox_id: str, size: int, created_by: str, now: float) -> None:
+        """Note a stored sandbox (one already known, being content-addressed, stays as it was)."""
+        row = {"id": sandbox_id, "size": size, "created_at": now, "created_by": created_by}
         with self.db.write() as conn:
-            if conn.execute(select(sandboxes.c.id).where(sandboxes.c.id == sandbox_id)).first() is None:
-                conn.execute(sandboxes.insert().values(id=sandbox_id, size=size, created_at=now, created_by=created_by))
+            self.db.statements("record_sandbox", lambda: _record_statement(conn)).run(conn, row)
 
     def exists(self, sandbox_id: str) -> bool:
         with self.db.read() as conn:
             return conn.execute(select(sandboxes.c.id).where(sandboxes.c.id == sandbox_id)).first() is not None
+
+
+def _record_statement(conn: Connection) -> Any:
+    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    columns = ("id", "size", "created_at", "created_by")
+    return insert(sandboxes).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing(index_elements=["id"])

@@ -136,13 +136,27 @@ def format_number(value: float) -> str:
 def write_features(directory: Path, values: Mapping[str, str | None]) -> None:
     """Make ``directory/<key>`` hold each value; a key whose value is ``None`` (unknown) has no file.
 
-    Each file is replaced at once (write, then rename), so a payload never reads half a value.
+    In a directory made by this call the files are simply written (nothing reads it yet: a payload's job
+    features are written before it starts). Otherwise each file is replaced at once (write, then rename), so a
+    payload never reads half a value.
     """
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True)
+        fresh = True
+    except FileExistsError:
+        fresh = False
     for key, value in values.items():
         if not KEY.fullmatch(key):
             continue
         path = directory / key
+        if fresh:
+            if value is not None:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                try:
+                    os.write(fd, value.encode())
+                finally:
+                    os.close(fd)
+            continue
         if value is None:
             path.unlink(missing_ok=True)
             continue

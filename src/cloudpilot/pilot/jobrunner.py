@@ -121,6 +121,7 @@ class JobRunner:
         self._ran_from: float | None = None  # the payload's start on the monotonic clock, until reported running
         self._features_lock = threading.Lock()
         self._features_live = False  # the payload runs: its job features may be rewritten
+        self._heartbeat_started = False
         self._heartbeat = Heartbeater(
             transport, self.job.id, self.lease.token, heartbeat_every, self._status, self.abort, self.job.label,
             on_answer=on_answer,
@@ -194,8 +195,8 @@ class JobRunner:
         if self.job_dir.exists():
             shutil.rmtree(self.job_dir)
         self.job_dir.mkdir(parents=True)
-        self._heartbeat.start()
         if job.input_sandbox:
+            self._keep_alive()  # a download may take longer than the lease
             problem = self._fetch_input()
             if problem is not None:
                 self._report({"state": "failed", "exit_code": None, "reason": problem})
@@ -235,6 +236,7 @@ class JobRunner:
                 handover = False
                 self._free_cores()
             log.info("%s: %s; uploading %s", job.label, outcome.reason or "exit code 0", ", ".join(names))
+            self._keep_alive()
             self._deliver("upload the output", lambda: self.transport.upload_output(job.id, token, self.archive))
         else:
             final["output"] = inline  # a few KiB: it goes with the report, no upload of its own
@@ -253,8 +255,16 @@ class JobRunner:
         return JobEnd.DELIVERED
 
     def _report_running(self) -> None:
+        self._keep_alive()
         self._report({"state": "running"})
         self._ran_from = None
+
+    def _keep_alive(self) -> None:
+        """Start the job's heartbeats (once): when its payload has run a while, or before a long transfer. A
+        job of milliseconds never needs them: its lease outlives it many times over."""
+        if not self._heartbeat_started:
+            self._heartbeat_started = True
+            self._heartbeat.start()
 
     def _final_report(self, final: dict[str, Any]) -> dict[str, Any]:
         """The final report; a server that predates inline outputs and slot handovers (it refuses the fields

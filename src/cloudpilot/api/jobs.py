@@ -91,14 +91,20 @@ async def submit(request: Request, principal: PrincipalDep, services: ServicesDe
     require(principal, Role.USER)
     body = await request.body()
     max_jobs = services.config.jobs.max_per_request
-    try:  # a 100,000-job submission takes seconds to validate: off the event loop, so the server answers meanwhile
-        specs = await run_bulk(parse_submission, body, request.headers.get("content-type", ""), max_jobs)
+    content_type = request.headers.get("content-type", "")
+    assert principal.vo is not None  # a user token always has a VO
+    vo = principal.vo
+
+    def store() -> tuple[list[int], list[str]]:
+        specs = parse_submission(body, content_type, max_jobs)
+        now = services.clock.now()
+        ids = services.jobs.submit(principal, specs, now)
+        return ids, services.waiting.submission_warnings(specs, vo, now)
+
+    try:  # a 100,000-job submission takes seconds to validate: off the event loop (one hop for all of it)
+        ids, warnings = await run_bulk(store)
     except _Indexed as wrapped:
         return validation_error(wrapped.exc, prefix=f"[{wrapped.index}]")
-    now = services.clock.now()
-    ids = await run_bulk(services.jobs.submit, principal, specs, now)
-    assert principal.vo is not None  # a user token always has a VO
-    warnings = await run_bulk(services.waiting.submission_warnings, specs, principal.vo, now)
     return json_response({"ids": ids, "warnings": warnings}, 201)
 
 

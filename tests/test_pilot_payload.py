@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import tarfile
 import textwrap
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cloudpilot.pilot import procfs
+from cloudpilot.pilot.launcher import Launcher
 from cloudpilot.pilot.payload import Outcome, Payload, supervise
 from cloudpilot.pilot.sandbox import JOB_LOG, pack_outputs
 
@@ -134,3 +136,30 @@ def test_progress_file_is_read_and_trimmed_and_abort_stops_the_payload(tmp_path:
 def test_a_payload_that_cannot_start_raises_oserror(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         Payload.start(["/no/such/program"], cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / JOB_LOG)
+
+
+def test_a_killed_launcher_takes_its_payloads_down_and_the_next_payload_gets_a_new_one(tmp_path: Path) -> None:
+    launcher = Launcher()  # this test's own: the shared one serves the others
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    record = tmp_path / "pids"
+    code = """
+        import os, subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import os, time; os.setsid(); time.sleep(60)"])
+        open(sys.argv[1], "w").write(f"{os.getpid()} {child.pid}")
+        time.sleep(60)
+        """
+    argv = [sys.executable, "-c", textwrap.dedent(code), str(record)]
+    payload = Payload.start(argv, cwd=job_dir, env=dict(os.environ), log_path=job_dir / JOB_LOG, launcher=launcher)
+    assert wait_for(lambda: record.exists() and len(record.read_text().split()) == 2)
+    pids = [int(p) for p in record.read_text().split()]
+    assert launcher.pid is not None
+    os.kill(launcher.pid, signal.SIGKILL)
+    assert wait_for(lambda: payload.poll() is not None, timeout=5)
+    assert payload.poll() == -signal.SIGKILL  # its supervisor ended without a word: the payload was killed
+    assert wait_for(lambda: not any(procfs.alive(p) for p in pids), timeout=5), "a payload process survived"
+
+    again = Payload.start([sys.executable, "-c", "print('again')"], cwd=job_dir, env=dict(os.environ),
+                          log_path=job_dir / JOB_LOG, launcher=launcher)  # fmt: skip
+    assert run(again).state == "done" and "again" in (job_dir / JOB_LOG).read_text()
+    launcher.close()

@@ -138,7 +138,9 @@ def test_a_payload_that_cannot_start_raises_oserror(tmp_path: Path) -> None:
         Payload.start(["/no/such/program"], cwd=tmp_path, env=dict(os.environ), log_path=tmp_path / JOB_LOG)
 
 
-def test_a_killed_launcher_takes_its_payloads_down_and_the_next_payload_gets_a_new_one(tmp_path: Path) -> None:
+def test_a_killed_launcher_takes_its_payloads_down_and_the_next_payload_gets_a_new_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     launcher = Launcher()  # this test's own: the shared one serves the others
     job_dir = tmp_path / "job"
     job_dir.mkdir()
@@ -162,4 +164,5 @@ def test_a_killed_launcher_takes_its_payloads_down_and_the_next_payload_gets_a_n
     again = Payload.start([sys.executable, "-c", "print('again')"], cwd=job_dir, env=dict(os.environ),
                           log_path=job_dir / JOB_LOG, launcher=launcher)  # fmt: skip
     assert run(again).state == "done" and "again" in (job_dir / JOB_LOG).read_text()
+    assert "the payload launcher has ended; starting a new one" in caplog.text  # the operator is told
     launcher.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -17,6 +18,8 @@ import threading
 from collections.abc import Mapping, Sequence
 
 from cloudpilot.pilot import supervisor
+
+log = logging.getLogger(__name__)
 
 
 class LauncherError(OSError):
@@ -61,7 +64,7 @@ class Launcher:
                     if pid < 0:
                         raise LauncherError(-pid, f"cannot fork a payload supervisor: {os.strerror(-pid)}")
                     return pid
-                self._discard()
+                self._lost()
             raise LauncherError(0, "the payload launcher died twice in a row")
 
     def close(self) -> None:
@@ -76,6 +79,8 @@ class Launcher:
     def _running(self) -> socket.socket:
         if self._sock is not None and self._process is not None and self._process.poll() is None:
             return self._sock
+        if self._process is not None:
+            self._lost()
         self._discard()
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -95,6 +100,12 @@ class Launcher:
             theirs.close()
         self._sock = mine
         return mine
+
+    def _lost(self) -> None:
+        """The launcher has gone (killed, out of memory): its running payloads went with it."""
+        assert self._process is not None
+        self._discard()
+        log.warning("the payload launcher has ended; starting a new one")
 
     def _discard(self) -> None:
         if self._sock is not None:

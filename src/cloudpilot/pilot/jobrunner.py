@@ -228,7 +228,7 @@ class JobRunner:
             "cpu_seconds": usage.cpu_seconds,
             "max_rss_bytes": usage.max_rss_bytes or None,  # 0: ended before it could be measured
         }
-        if ran_for is not None and self._ran_from is not None:  # it ended before its running report
+        if ran_for is not None:  # it ended before its running report
             final["ran_seconds"] = ran_for
         inline = inline_output(self.archive) if self.transport.report_extensions else None
         if inline is None:

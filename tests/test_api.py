@@ -241,3 +241,16 @@ def test_concurrent_pilots_over_http_never_share_a_job(make_server: ServerFactor
     handed = [job for mine in got for job in mine]
     assert sorted(handed) == sorted(ids)
     assert sum(1 for mine in got if mine) > 1  # the race really had several winners
+
+
+def test_a_submission_without_a_vo_is_refused_not_crashed(server: RunningServer) -> None:
+    admin = server.client(server.token(Role.ADMIN, "root"))
+    r = admin.post("/api/v1/jobs", json={"executable": "true"})
+    assert r.status_code == 403 and "bound to a VO" in r.json()["error"]["message"]
+
+
+def test_resubmitting_ids_no_column_can_hold_is_a_422_naming_the_field(make_server: ServerFactory, db_url: str) -> None:
+    server = make_server(ServerConfig(database_url=db_url))  # found by the fuzzer on PostgreSQL: it was a 500
+    user = server.client(server.token(Role.USER, "alice", vo="lhcb"))
+    r = user.post("/api/v1/jobs/resubmit", json={"ids": [10**30, 5]})
+    assert r.status_code == 422 and "ids" in str(r.json()["error"]), r.text

@@ -28,9 +28,6 @@ log = logging.getLogger("cloudpilot.server")
 
 
 MIN_WAKE_SECONDS = 0.5  # a woken loop still runs at most twice a second
-# A loop woken by new work waits this long first: the pilots already long-polling take what they can (without a
-# cycle competing with their matches for the interpreter), and the cycle then counts only what is left.
-WAKE_SETTLE_SECONDS = 0.05
 IMAGES_INTERVAL = 30.0  # how often image lists are looked at (each has its own refresh_seconds)
 
 
@@ -63,13 +60,9 @@ async def _every(  # type: ignore[no-untyped-def]
         due = due_at()
         if due is not None:
             wait = min(wait, due - services.clock.now())
-        woken = False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=max(0.0, wait))
-            woken = True
         wake.clear()
-        if woken:
-            await asyncio.sleep(WAKE_SETTLE_SECONDS)
 
 
 async def _poll_leadership(services: Services, wake: asyncio.Event) -> None:

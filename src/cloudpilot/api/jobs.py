@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import yaml
@@ -14,7 +14,7 @@ from cloudpilot.api.bulk import run_bulk
 from cloudpilot.api.deps import PrincipalDep, ServicesDep
 from cloudpilot.api.errors import validation_error
 from cloudpilot.api.guard import BAD_TEXT, bad_text_field
-from cloudpilot.api.params import AfterId, JobId
+from cloudpilot.api.params import MAX_ID, AfterId, JobId
 from cloudpilot.api.responses import job_json, json_response
 from cloudpilot.api.uploads import receive_sandbox
 from cloudpilot.domain.auth import Role
@@ -92,14 +92,13 @@ async def submit(request: Request, principal: PrincipalDep, services: ServicesDe
     body = await request.body()
     max_jobs = services.config.jobs.max_per_request
     content_type = request.headers.get("content-type", "")
-    assert principal.vo is not None  # a user token always has a VO
-    vo = principal.vo
 
     def store() -> tuple[list[int], list[str]]:
         specs = parse_submission(body, content_type, max_jobs)
         now = services.clock.now()
-        ids = services.jobs.submit(principal, specs, now)
-        return ids, services.waiting.submission_warnings(specs, vo, now)
+        ids = services.jobs.submit(principal, specs, now)  # refuses a caller without a VO (an admin) first
+        assert principal.vo is not None
+        return ids, services.waiting.submission_warnings(specs, principal.vo, now)
 
     try:  # a 100,000-job submission takes seconds to validate: off the event loop (one hop for all of it)
         ids, warnings = await run_bulk(store)
@@ -125,7 +124,7 @@ def list_jobs(
 class ResubmitBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[int] = Field(min_length=1, max_length=10_000)
+    ids: list[Annotated[int, Field(ge=1, le=MAX_ID)]] = Field(min_length=1, max_length=10_000)
 
 
 @router.post("/jobs/resubmit", status_code=201, summary="New jobs from final jobs' specs and input sandboxes")

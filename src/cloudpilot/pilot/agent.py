@@ -100,6 +100,7 @@ class Agent:
         self._idle_since = self._started
         self.registration: Registration | None = None
         self.jobs_obtained = 0
+        self._asked_cores = self.config.cores  # cores offered by the last match that found nothing
 
     # --- public -----------------------------------------------------------------------------------------------
 
@@ -197,6 +198,7 @@ class Agent:
             if self._stop.is_set():
                 return  # a job obtained just now is left to its lease's expiry
             if answer is None:
+                self._asked_cores = int(offer["cores"])
                 if self._nothing_before_shutdown():
                     return
                 elapsed = self.clock() - asked
@@ -241,6 +243,10 @@ class Agent:
             return True
         idle = now - self._idle_since
         if not self._runners and idle >= self.config.idle_timeout:
+            if self._asked_cores < self.config.cores:
+                # The last "nothing" was for fewer cores than are free now (a long poll made while jobs still
+                # ran): ask once more with all of them, at once, before leaving a job that needs them behind.
+                return False
             log.info("no work for %.0f s; leaving", idle)
             return True
         return False

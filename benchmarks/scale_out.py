@@ -78,19 +78,23 @@ def step(ports: list[int], token: str, offers: list[dict], seconds: float, procs
          servers: list[int]) -> dict[str, float]:  # fmt: skip
     """The clients matching against the servers in turn; rates, latencies and CPU of each side."""
     ctx = multiprocessing.get_context("spawn")
-    out: multiprocessing.Queue = ctx.Queue()
+    ready, go, out = ctx.Queue(), ctx.Event(), ctx.Queue()
     clients = [
-        ctx.Process(target=_client, args=(ports[k % len(ports)], token, offers, seconds, threads, out))
+        ctx.Process(target=_client, args=(ports[k % len(ports)], token, offers, seconds, threads, ready, go, out))
         for k in range(procs)
     ]
-    # Backends the servers open during the step count from 0: read the processes again at its end.
-    db0, srv0, wall0 = per_pid(postgres_pids()), cpu_seconds(servers), time.perf_counter()
     for c in clients:
         c.start()
+    for _ in range(procs * threads):  # every client connected and registered before the clock starts
+        ready.get(timeout=120)
     client_pids = [c.pid for c in clients if c.pid is not None]
+    # Backends the servers open during the step count from 0: read the processes again at its end.
+    db0, srv0, cli0 = per_pid(postgres_pids()), cpu_seconds(servers), cpu_seconds(client_pids)
+    wall0 = time.perf_counter()
+    go.set()
     results, cli = [], 0.0
     for _ in clients:
-        cli = max(cli, cpu_seconds(client_pids))  # read while they live: a reaped process has no /proc entry
+        cli = max(cli, cpu_seconds(client_pids) - cli0)  # read while they live: a reaped process has no /proc entry
         results.extend(out.get(timeout=seconds + 120))
     elapsed = time.perf_counter() - wall0
     db = sum(t - db0.get(pid, 0.0) for pid, t in per_pid(postgres_pids()).items())

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudpilot.pilot.errors import LeaseLost, RequestRejected, ServerUnreachable, TransportError
+from cloudpilot.pilot.transport import REPORT_EXTENSIONS
 
 FINAL = ("done", "failed", "killed")
 
@@ -280,7 +281,7 @@ class FakeTransport:
         if state == "done" and body.get("exit_code") not in (0, None):
             self._record("report", {"job_id": job_id, "body": body}, failed=True)
             raise RequestRejected("a job with a non-zero exit code is failed, not done", status=422, code="invalid")
-        extended = {"output", "next", "ran_seconds"} & body.keys()
+        extended = REPORT_EXTENSIONS & body.keys()
         if extended and self.old_server:
             self._record("report", {"job_id": job_id, "body": body}, failed=True)
             raise RequestRejected(f"unknown fields {sorted(extended)}", status=422, code="invalid")

@@ -35,7 +35,7 @@ from cloudpilot.pilot.payload import Outcome, Payload, Usage, supervise
 from cloudpilot.pilot.retry import with_retries
 from cloudpilot.pilot.sandbox import JOB_LOG, UnpackLimits, extract_safely, pack_outputs
 from cloudpilot.pilot.site import SiteView
-from cloudpilot.pilot.transport import Transport
+from cloudpilot.pilot.transport import REPORT_EXTENSIONS, Transport
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -272,7 +272,7 @@ class JobRunner:
         try:
             return self._report(final)
         except RequestRejected as exc:
-            if exc.status != 422 or not ({"output", "next", "ran_seconds"} & final.keys()):
+            if exc.status != 422 or not (REPORT_EXTENSIONS & final.keys()):
                 raise
         log.warning("%s: the server knows no inline output nor handover; using upload and report", self.job.label)
         self.transport.report_extensions = False  # for every later job too

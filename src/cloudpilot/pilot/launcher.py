@@ -7,6 +7,7 @@ fork, well under a millisecond), so job threads may call :meth:`Launcher.spawn` 
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import logging
@@ -130,14 +131,10 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return data
 
 
-_SOURCE: list[str] = []
-
-
+@functools.cache
 def _source() -> str:
     """The supervisor module's source, run with ``python -c`` (found in a zipapp as in a checkout)."""
-    if not _SOURCE:
-        _SOURCE.append(inspect.getsource(supervisor))
-    return _SOURCE[0]
+    return inspect.getsource(supervisor)
 
 
 _shared: Launcher | None = None

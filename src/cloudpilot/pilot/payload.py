@@ -151,13 +151,12 @@ class Payload:
                 return None
             os.close(self._report)
             self._report = None
-            fields = self._received.split()
-            if len(fields) == 3 and all(f.lstrip(b"-").replace(b".", b"", 1).isdigit() for f in fields):
-                self._returncode = os.waitstatus_to_exitcode(int(fields[0]))
-                self._cpu = max(self._cpu, float(fields[1]))
-                self._rss = max(self._rss, int(fields[2]))
+            try:
+                status, cpu, peak = self._received.split()
+                self._returncode = os.waitstatus_to_exitcode(int(status))
+                self._cpu, self._rss = max(self._cpu, float(cpu)), max(self._rss, int(peak))
                 self._reported = True
-            else:  # the supervisor died without a word (SIGKILL): so did its payload, by its hand
+            except ValueError:  # the supervisor died without a word (SIGKILL): so did its payload, by its hand
                 self._returncode = -signal.SIGKILL
             return self._returncode
 

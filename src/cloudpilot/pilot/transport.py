@@ -26,11 +26,14 @@ API = "/api/v1"
 RETRYABLE_4XX = frozenset({408, 425, 429})  # the server asks to try again later
 USER_AGENT = "cloudpilot-pilot/1"
 
+# Fields of a final report that servers before them refuse with a 422 (docs/rest-api.md, the report).
+REPORT_EXTENSIONS = frozenset({"output", "next", "ran_seconds"})
+
 
 class Transport(Protocol):
     """The calls a pilot makes (``docs/rest-api.md``, section Pilots). Bodies are the documented JSON objects.
 
-    ``report_extensions``: whether final reports may carry ``output`` and ``next``; a pilot that finds its server
+    ``report_extensions``: whether final reports may carry :data:`REPORT_EXTENSIONS`; a pilot that finds its server
     refusing them (a 422) sets it to ``False`` and goes back to upload-then-report.
     """
 

@@ -17,13 +17,14 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Update, bindparam, insert, select, update
+from sqlalchemy import Update, bindparam, select, update
 
 from cloudpilot.domain.jobs import Job, JobState, check_transition
 from cloudpilot.store.database import Database
 from cloudpilot.store.fastpath import CompiledStatement
 from cloudpilot.store.rows import job_from_row
-from cloudpilot.store.schema import job_events, jobs
+from cloudpilot.store.schema import jobs
+from cloudpilot.store.statements import job_event_insert
 
 WAITING, MATCHED = JobState.WAITING.value, JobState.MATCHED.value
 
@@ -67,16 +68,7 @@ class Claimer:
         self.db = db
         if not db.is_postgres:
             self._claim_stmt = CompiledStatement(_sqlite_claim(), db.engine)
-            self._event_stmt = CompiledStatement(
-                insert(job_events).values(
-                    job_id=bindparam("job_id"),
-                    at=bindparam("at"),
-                    from_state=bindparam("from_state"),
-                    to_state=bindparam("to_state"),
-                    reason=bindparam("reason"),
-                ),
-                db.engine,
-            )
+            self._event_stmt = db.statements("job_event", job_event_insert)  # the one every move writes
 
     def claim_first(
         self, tq_ids: Sequence[int], pilot_id: str, now: float, lease_seconds: float

@@ -37,6 +37,7 @@ from cloudpilot.store.database import Database
 from cloudpilot.store.errors import Conflict, NotFound
 from cloudpilot.store.rows import event_from_row, job_from_row, task_queue_from_row
 from cloudpilot.store.schema import event_chunks, job_events, job_usage, jobs, pilots, task_queues, usage
+from cloudpilot.store.statements import insert_of, job_event_insert, upsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,7 @@ class JobRepository:
         missing = [row for key, row in new.items() if key not in known]
         if missing:
             # Another API process may create the same class concurrently: the unique key decides.
-            conn.execute(_upsert(conn)(task_queues).on_conflict_do_nothing(index_elements=["key"]), missing)
+            conn.execute(upsert(conn)(task_queues).on_conflict_do_nothing(index_elements=["key"]), missing)
             known = self._lookup_task_queues(conn, list(new))
         return [known[k] for k in keys]
 
@@ -479,7 +480,7 @@ class JobRepository:
         if stmt.run(conn, {**{f"v_{c}": v for c, v in values.items()}, "job": job.id, "from": job.state.value}) != 1:
             raise Conflict(f"job {job.id} changed state while being moved to {target.value}")
         event = {"job_id": job.id, "at": now, "from_state": job.state.value, "to_state": target.value, "reason": reason}
-        self.db.statements("job_event", _event_statement).run(conn, event)
+        self.db.statements("job_event", job_event_insert).run(conn, event)
         moved = job.model_copy(update={**values, "state": target})
         if target.is_final:
             self._record_job_end(conn, moved, now)
@@ -510,7 +511,7 @@ class JobRepository:
             "exit_code": job.exit_code,
             "attempts": job.attempts,
         }
-        self.db.statements(("insert", "job_usage"), lambda: _insert_statement(job_usage, record)).run(conn, record)
+        self.db.statements(("insert", "job_usage"), lambda: insert_of(job_usage, record)).run(conn, record)
 
     # --- events -----------------------------------------------------------------------------------------
 
@@ -555,7 +556,7 @@ class JobRepository:
         row = self.db.statements("usage_of", _usage_statement).first(conn, owner)
         if row is None:
             # Two first-ever usages of an owner may race on PostgreSQL: the loser adds to the winner's row.
-            first = _upsert(conn)(usage).values(vo=job.vo, owner=job.owner, core_seconds=spent, updated_at=now)
+            first = upsert(conn)(usage).values(vo=job.vo, owner=job.owner, core_seconds=spent, updated_at=now)
             conn.execute(
                 first.on_conflict_do_update(
                     index_elements=["vo", "owner"],
@@ -580,14 +581,6 @@ def _move_statement(columns: tuple[str, ...]) -> Any:
     return update(jobs).where(where).values({c: bindparam(f"v_{c}") for c in columns})
 
 
-def _event_statement() -> Any:
-    return _insert_statement(job_events, ("job_id", "at", "from_state", "to_state", "reason"))
-
-
-def _insert_statement(table: Any, columns: Iterable[str]) -> Any:
-    return insert(table).values({c: bindparam(c) for c in columns})
-
-
 def _pilot_place_statement() -> Any:
     return select(pilots.c.site, pilots.c.cloud, pilots.c.vm_id).where(pilots.c.id == bindparam("pilot"))
 
@@ -602,17 +595,6 @@ def _usage_statement() -> Any:
 
 def _usage_update_statement() -> Any:
     return update(usage).where(_usage_key()).values(core_seconds=bindparam("v_core"), updated_at=bindparam("v_at"))
-
-
-def _upsert(conn: Connection):  # type: ignore[no-untyped-def]
-    """The dialect's INSERT that knows ON CONFLICT (SQLite and PostgreSQL both do)."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert
 
 
 def _name_matches(glob: str) -> ColumnElement[bool]:

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from cloudpilot.store.database import Database
-from cloudpilot.store.jobs import _upsert
 from cloudpilot.store.schema import job_log_tails
+from cloudpilot.store.statements import upsert
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +27,7 @@ class LogTailRepository:
         """Replace the job's tail (one row per job: only the latest matters)."""
         values = {"job_id": job_id, "attempt": attempt, "tail": tail, "updated_at": now}
         with self.db.write() as conn:
-            insert = _upsert(conn)(job_log_tails).values(**values)
+            insert = upsert(conn)(job_log_tails).values(**values)
             conn.execute(
                 insert.on_conflict_do_update(
                     index_elements=["job_id"], set_={"attempt": attempt, "tail": tail, "updated_at": now}

@@ -5,11 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from cloudpilot.store.database import Database
 from cloudpilot.store.schema import sandboxes
+from cloudpilot.store.statements import upsert
 
 
 class SandboxRepository:
@@ -28,6 +27,7 @@ class SandboxRepository:
 
 
 def _record_statement(conn: Connection) -> Any:
-    insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     columns = ("id", "size", "created_at", "created_by")
-    return insert(sandboxes).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing(index_elements=["id"])
+    return upsert(conn)(sandboxes).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing(
+        index_elements=["id"]
+    )

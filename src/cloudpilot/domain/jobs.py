@@ -167,6 +167,14 @@ class Job(BaseModel):
         """The fencing token of the current lease: the attempt number it was handed out with."""
         return self.attempts
 
+    def unreported_start(self, target: JobState, now: float, ran_seconds: float | None) -> float | None:
+        """When a job still ``matched`` that ends now (``target`` final) started running, if its pilot says its
+        payload ran ``ran_seconds`` (a payload so short it was reported only at its end): the job then passes
+        through ``running`` from that moment, never before it was matched. ``None``: no such implied move."""
+        if ran_seconds is None or not target.is_final or self.state is not JobState.MATCHED:
+            return None
+        return max(self.updated_at, now - ran_seconds)
+
     def check_lease(self, lease_token: int) -> None:
         """Raise :class:`StaleLease` unless ``lease_token`` is this job's live lease."""
         if self.attempts != lease_token or self.state not in ACTIVE_STATES:

@@ -316,8 +316,7 @@ class JobRepository:
             if check is not None:
                 check(job)
             job.check_lease(lease_token)
-            if ran_seconds is not None and target.is_final and job.state is JobState.MATCHED:
-                started = max(job.updated_at, now - ran_seconds)  # never before it was matched
+            if (started := job.unreported_start(target, now, ran_seconds)) is not None:
                 job = self._move(conn, job, JobState.RUNNING, started, _default_reason(JobState.RUNNING, None),
                                  {"started_at": started})  # fmt: skip
             values: dict[str, Any] = {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,3 +117,35 @@ def test_keep_vms_on_stop_leaves_them_to_a_restart(servers, tmp_path: Path) -> N
     assert len(pids(marker)) == 1
     user.close()
     server.stop(signal.SIGTERM)
+
+
+def test_a_stopping_server_answers_its_long_polls_at_once_and_logs_no_error(servers) -> None:  # type: ignore[no-untyped-def]
+    # A pilot waiting for work in a long poll must not hold the server's stop for its whole grace period, to be
+    # cancelled with a traceback in the log: the stop answers it "no job" (204), and the pilot retries elsewhere.
+    server = servers(keep=False)
+    server.start()
+    token = server.token("--role", "pilot", "--name", "shared-pilot", "--vo", "lhcb")
+    with httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=120) as pilot:
+        registered = pilot.post("/api/v1/pilots", json={"cores": 1}).json()
+    session = httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {registered['session_token']}"}, timeout=120
+    )
+    answers: list[tuple[int, float]] = []
+
+    def long_poll() -> None:
+        r = session.post("/api/v1/pilots/match", json={"pilot_id": registered["id"], "wait_seconds": 60})
+        answers.append((r.status_code, time.monotonic()))
+
+    poller = threading.Thread(target=long_poll)
+    poller.start()
+    time.sleep(1.0)  # the poll is waiting in the server
+    assert not answers
+    stopped_at = time.monotonic()
+    log = server.stop(signal.SIGTERM)
+    exited_after = time.monotonic() - stopped_at
+    poller.join(timeout=10)
+    session.close()
+    assert answers and answers[0][0] == 204, answers
+    assert answers[0][1] - stopped_at < 1.0, "the long poll was held by the stop"
+    assert exited_after < 3.0, f"the server took {exited_after:.1f} s to stop"
+    assert "Traceback" not in log and "graceful shutdown exceeded" not in log, log

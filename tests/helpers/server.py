@@ -95,7 +95,7 @@ def start_server(config: ServerConfig, data_dir: Path, port: int | None = None) 
     services = Services.build(config, data_dir)
     app = create_app(services)
     port = port or free_port()
-    # Long polls of pilots still running would hold a graceful shutdown for their whole wait: cut it short.
+    # Long polls end at the stop (api/notify.py); anything else a test leaves running must not hold it either.
     settings = uvicorn.Config(
         app,
         host="127.0.0.1",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -15,10 +16,12 @@ from cloudpilot import __version__
 from cloudpilot.api import accounting, clusters, images, jobs, mjf, pilot_zipapp, pilots, sites, tokens, vms
 from cloudpilot.api.errors import install_error_handlers
 from cloudpilot.api.guard import RequestGuard
+from cloudpilot.api.http_server import DRAIN_STATE_KEY
 from cloudpilot.api.metrics import router as metrics_router
 from cloudpilot.api.middleware import RequestMiddleware
 from cloudpilot.api.notify import WorkNotifier
 from cloudpilot.api.responses import json_response
+from cloudpilot.domain.wake_budget import WakeBudget
 from cloudpilot.services.container import Services
 from cloudpilot.services.leadership import Change
 from cloudpilot.store.errors import Fenced
@@ -27,7 +30,6 @@ from cloudpilot.web import install as install_web_pages
 log = logging.getLogger("cloudpilot.server")
 
 
-MIN_WAKE_SECONDS = 0.5  # a woken loop still runs at most twice a second
 IMAGES_INTERVAL = 30.0  # how often image lists are looked at (each has its own refresh_seconds)
 
 
@@ -42,7 +44,10 @@ async def _every(  # type: ignore[no-untyped-def]
     """Run ``tick(now)`` every ``interval``, or sooner when ``wake`` is set or at ``due_at()`` (a time the last
     tick asked to run again at), while this server leads; a failing tick is logged with its traceback and
     retried at the next turn."""
+    budget = WakeBudget(time.monotonic()) if wake is not None else None
     while True:
+        if wake is not None:
+            wake.clear()  # wakes from here on are for work this tick may not see: they run the next one
         try:
             if services.leadership.leading:
                 result = await run_in_threadpool(tick, services.clock.now())
@@ -52,17 +57,21 @@ async def _every(  # type: ignore[no-untyped-def]
             log.warning("%s stopped: %s", name, exc)
         except Exception:
             log.exception("%s failed; retrying in %.0f s", name, interval)
-        if wake is None:
+        if wake is None or budget is None:  # an unwoken loop: its interval only
             await asyncio.sleep(interval)
             continue
-        await asyncio.sleep(min(MIN_WAKE_SECONDS, interval))
-        wait = interval - MIN_WAKE_SECONDS
+        now = time.monotonic()
+        budget.spend(now)
+        wait = interval
         due = due_at()
-        if due is not None:
-            wait = min(wait, due - services.clock.now())
+        if due is not None:  # an early tick the last one asked for is paced like a woken one
+            wait = min(wait, max(due - services.clock.now(), budget.delay(now)))
+        deadline = now + max(0.0, wait)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(wake.wait(), timeout=max(0.0, wait))
-        wake.clear()
+            # Woken: at once if the budget allows, else when it does (or at the timer, if sooner).
+            now = time.monotonic()
+            await asyncio.sleep(min(budget.delay(now), max(0.0, deadline - now)))
 
 
 async def _poll_leadership(services: Services, wake: asyncio.Event) -> None:
@@ -87,7 +96,7 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     services.work_listeners.append(notifier.notify)
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Callable[[], None]]]:
         notifier.bind(asyncio.get_running_loop())
         loops: list[asyncio.Task[None]] = []
         if run_loops:
@@ -113,7 +122,8 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
             # Image lists: refresh those due, fetch images to register, drain VMs of revoked images.
             loops.append(asyncio.create_task(_every(IMAGES_INTERVAL, "image lists", services.images.tick, services)))
         try:
-            yield
+            # Lifespan state reaches the HTTP protocol (http_server.py), which drains on a graceful shutdown.
+            yield {DRAIN_STATE_KEY: notifier.drain}
         finally:
             for task in loops:
                 task.cancel()

@@ -5,7 +5,8 @@ the pilots' small requests), with two guards it lacks. uvicorn closes idle keep-
 (``timeout_keep_alive``), but it waits forever for a head that arrives slowly or not at all, and with httptools it
 sets no bound on a head's size: a few hundred such connections would hold the server. :class:`HeadTimeoutProtocol`
 closes a connection whose request head is not complete within ``server.header_timeout_seconds`` of its first
-byte (or of the connection), and answers 431 to a head over ``server.max_header_bytes``.
+byte (or of the connection), and answers 431 to a head over ``server.max_header_bytes``. On a graceful shutdown
+it also calls the app's drain callback (lifespan state ``DRAIN_STATE_KEY``), so that long polls answer at once.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from cloudpilot.api.responses import error_body
 from cloudpilot.config import ServerConfig
+
+DRAIN_STATE_KEY = "cloudpilot.drain"
 
 
 class HeadTimeoutProtocol(HttpToolsProtocol):
@@ -62,6 +65,12 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
             return
         super().on_message_complete()
         self._in_head, self._head_bytes = True, 0  # the next bytes start the next request's head
+
+    def shutdown(self) -> None:
+        drain = self.app_state.get(DRAIN_STATE_KEY)
+        if drain is not None:  # idempotent: every connection calls it
+            drain()
+        super().shutdown()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()

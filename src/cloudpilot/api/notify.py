@@ -1,4 +1,6 @@
-"""Wakes long-polling pilots when work arrives in this process (other processes are seen by polling)."""
+"""Wakes long-polling pilots when work arrives in this process (other processes are seen by polling), and when
+the server starts to stop: their long polls then end with "no job" at once instead of holding the shutdown for
+its whole grace period and being cancelled with an error."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ class WorkNotifier:
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._event = asyncio.Event()
+        self.draining = False
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
@@ -25,3 +28,8 @@ class WorkNotifier:
     def _fire(self) -> None:
         fired, self._event = self._event, asyncio.Event()
         fired.set()
+
+    def drain(self) -> None:
+        """The server is stopping (called on its event loop): wake every long poll, for good."""
+        self.draining = True
+        self._fire()

@@ -155,7 +155,7 @@ async def match(request: Request) -> Response:
         if (found := match_json(answer, services)) is not None:
             return json_response(found)
         left = deadline - loop.time()
-        if left <= 0 or await request.is_disconnected():
+        if left <= 0 or notifier.draining or await request.is_disconnected():
             return Response(status_code=204)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(woken.wait(), timeout=min(left, RETRY_SECONDS))

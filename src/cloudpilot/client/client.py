@@ -29,11 +29,11 @@ FEW_JOBS = 20
 ProgressCallback = Callable[[dict[str, int]], None]
 
 
-
 @dataclass(frozen=True)
 class Submission:
     ids: list[int]
     warnings: list[str]
+
 
 class CloudpilotClient:
     """A user's (or admin's) connection to one cloudpilot server.

@@ -79,7 +79,9 @@ class Supervisor:
         self.meta: dict[str, Any] = json.loads((vmdir / INSTANCE_FILE).read_text())
 
     def say(self, line: str) -> None:
-        self.console.write(f"[local-vm {time.strftime('%H:%M:%S')}] {line}\n".encode())
+        at = time.time()  # to the millisecond: boot timings are read from the console
+        stamp = f"{time.strftime('%H:%M:%S', time.localtime(at))}.{int(at % 1 * 1000):03d}"
+        self.console.write(f"[local-vm {stamp}] {line}\n".encode())
         self.console.flush()
 
     def fail(self, reason: str) -> int:

@@ -143,4 +143,3 @@ def exposition(*gauges: Collector) -> bytes:
     for collector in gauges:
         registry.register(collector)
     return generate_latest(registry)
-

@@ -1,10 +1,10 @@
 """The discrete-event loop that ties the parts together.
 
-The provisioning cycle runs every ``interval_seconds`` and, like the server's loop, sooner — at most twice a second
-— when jobs are submitted or requeued. The simulation ends when every job is done or failed and no VM is left;
-or when the jobs are over and VMs linger ``TAIL_SECONDS`` (a policy that never lets its VMs go); or when work is
-left that nothing starts a VM for (``STALL_SECONDS`` without a VM and without a job running); or at
-``until_seconds``.
+The provisioning cycle runs every ``interval_seconds`` and, like the server's loop, sooner — paced as it is
+(domain/wake_budget.py) — when jobs are submitted or requeued. The simulation ends when every job is done or
+failed and no VM is left; or when the jobs are over and VMs linger ``TAIL_SECONDS`` (a policy that never lets
+its VMs go); or when work is left that nothing starts a VM for (``STALL_SECONDS`` without a VM and without a
+job running); or at ``until_seconds``.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import gc
 import time
 from heapq import heappop
 
+from cloudpilot.domain.wake_budget import WakeBudget
 from cloudpilot.policy.base import ProvisioningPolicy
 from cloudpilot.sim.clouds import SimCloud
 from cloudpilot.sim.engine import EventQueue, Kind
@@ -26,7 +27,6 @@ from cloudpilot.sim.workload import build_workload
 
 TAIL_SECONDS = 6 * 3600.0
 STALL_SECONDS = 86400.0
-WAKE_SECONDS = 0.5  # a woken provisioning loop still runs at most twice a second (api/app.py)
 
 
 class Simulation:
@@ -51,6 +51,7 @@ class Simulation:
             scenario, policy, self.clouds, self.workload, self.pilots, self.metrics, self.queue
         )
         self._tick_serial = 0
+        self._wakes = WakeBudget(0.0)  # paces woken cycles as the server's loop does (api/app.py)
         self.now = 0.0
 
     def run(self) -> SimResult:
@@ -124,7 +125,8 @@ class Simulation:
         if self._over(now):
             return True
         interval = self.scenario.interval_seconds
-        soonest = now + min(WAKE_SECONDS, interval)
+        self._wakes.spend(now)
+        soonest = now + min(self._wakes.delay(now), interval)
         nxt = now + interval
         if requeued:
             nxt = soonest

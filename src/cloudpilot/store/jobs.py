@@ -564,9 +564,7 @@ class JobRepository:
             )
         else:
             total = decayed(row["core_seconds"], row["updated_at"], now, half_life) + spent
-            self.db.statements("usage_set", _usage_update_statement).run(
-                conn, {**owner, "v_core": total, "v_at": now}
-            )
+            self.db.statements("usage_set", _usage_update_statement).run(conn, {**owner, "v_core": total, "v_at": now})
 
 
 def _job_by_id(for_update: bool) -> Any:

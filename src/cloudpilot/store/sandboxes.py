@@ -28,6 +28,6 @@ class SandboxRepository:
 
 def _record_statement(conn: Connection) -> Any:
     columns = ("id", "size", "created_at", "created_by")
-    return upsert(conn)(sandboxes).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing(
-        index_elements=["id"]
+    return (
+        upsert(conn)(sandboxes).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing(index_elements=["id"])
     )

@@ -139,9 +139,7 @@ class VMRepository:
         """An event in the VM's history that changes nothing (a security event): from and to its current state."""
         with self.db.write() as conn:
             state = self._get(conn, vm_id).state.value
-            conn.execute(
-                insert(vm_events).values(vm_id=vm_id, at=now, from_state=state, to_state=state, reason=reason)
-            )
+            conn.execute(insert(vm_events).values(vm_id=vm_id, at=now, from_state=state, to_state=state, reason=reason))
 
     def update(self, vm_id: str, now: float, **values: Any) -> None:
         """Fields that are not the state (heartbeat times, job counts)."""

@@ -320,6 +320,26 @@ def test_each_payload_sees_its_own_job_features(tmp_path: Path) -> None:
         assert sorted(tar.getnames()) == ["features.json", "job.log"]  # the pilot's own files are never outputs
 
 
+def test_a_reused_job_features_directory_holds_only_the_next_payloads_values(tmp_path: Path) -> None:
+    # One core: the payloads run one after the other in the same $JOBFEATURES directory. The second's values are
+    # shorter, or unknown (no memory asked, none known to the pilot): nothing of the first may show through.
+    fake = FakeTransport()
+    first = fake.add_job(PY, ["-c", DUMP_FEATURES], wall_seconds=123456, memory_mb=2048, output_files=["*.json"])
+    second = fake.add_job(PY, ["-c", DUMP_FEATURES], wall_seconds=60, output_files=["*.json"])
+    make_agent(tmp_path, fake, cores=1, wall_clock=lambda: NOW).run()
+    assert dumped(fake, first)["job"]["max_rss_bytes"] == str(2048 * 1024 * 1024)
+    assert dumped(fake, first)["job"]["wall_limit_secs"] == "123456"
+    assert dumped(fake, second)["dir"] == dumped(fake, first)["dir"]
+    assert dumped(fake, second)["job"] == {
+        "allocated_cpu": "1",
+        "cpu_limit_secs": "60",
+        "job_id": str(second),
+        "jobstart_secs": str(int(NOW)),
+        "shutdowntime_job": str(int(NOW + 60)),
+        "wall_limit_secs": "60",
+    }
+
+
 def test_job_features_whose_value_is_unknown_are_left_out(tmp_path: Path) -> None:
     fake = FakeTransport()
     job = fake.add_job(PY, ["-c", DUMP_FEATURES], wall_seconds=50, output_files=["features.json"])

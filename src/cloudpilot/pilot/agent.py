@@ -28,7 +28,7 @@ from cloudpilot.domain.shutdown import ShutdownCode, shutdown_message
 from cloudpilot.pilot.assignment import Assignment, parse_assignment, parse_halt
 from cloudpilot.pilot.config import PilotConfig
 from cloudpilot.pilot.errors import GaveUp, ProtocolError, RequestRejected, Stopped, TransportError
-from cloudpilot.pilot.features import FeatureSource
+from cloudpilot.pilot.features import FeatureDirs, FeatureSource
 from cloudpilot.pilot.heartbeat import heartbeat_interval
 from cloudpilot.pilot.isolation import private_dir, sweep
 from cloudpilot.pilot.jobrunner import JobEnd, JobRunner
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_FILE = "shutdown_message"
 MACHINEFEATURES_DIR = "machinefeatures"  # the mirror of the machine features, in the workdir
+JOBFEATURES_DIR = "jobfeatures"  # the payloads' job features, one directory per payload running at once
 MIN_POLL_SECONDS = 0.5  # never ask more often than this, even if the server answers 204 at once
 SLOT_RECHECK_SECONDS = 0.5  # how often a loop waiting for a free core looks at its deadlines
 MAX_WAIT_SECONDS = 60.0  # the longest long poll the REST contract allows
@@ -95,6 +96,7 @@ class Agent:
             FeatureSource(config.jobfeatures),
             config.workdir / MACHINEFEATURES_DIR,
         )
+        self._feature_dirs = FeatureDirs(config.workdir / JOBFEATURES_DIR)
         self._next_refresh = 0.0
         self._started = clock()
         self._idle_since = self._started
@@ -327,6 +329,7 @@ class Agent:
             stop=self._stop,
             on_cores_free=self._cores_free,
             on_end=self._ended,
+            feature_dirs=self._feature_dirs,
             on_answer=self._learn,
             next_offer=self._handover_offer,
             on_next=self._take_over,

@@ -27,7 +27,7 @@ from cloudpilot.pilot.assignment import Assignment
 from cloudpilot.pilot.config import PilotConfig
 from cloudpilot.pilot.errors import GaveUp, LeaseLost, ProtocolError, RequestRejected, Stopped, UnsafeArchive
 from cloudpilot.pilot.events import EventUploader
-from cloudpilot.pilot.features import write_features
+from cloudpilot.pilot.features import FeatureDirs
 from cloudpilot.pilot.heartbeat import Heartbeater
 from cloudpilot.pilot.isolation import PRIVATE_DIR, give, record, take_back
 from cloudpilot.pilot.logtail import read_tail
@@ -94,6 +94,7 @@ class JobRunner:
         stop: threading.Event,
         on_cores_free: Callable[[JobRunner], None],
         on_end: Callable[[JobRunner], None],
+        feature_dirs: FeatureDirs,
         on_answer: Callable[[dict[str, Any]], object] | None = None,
         next_offer: Callable[[JobRunner], dict[str, Any] | None] | None = None,
         on_next: Callable[[JobRunner, dict[str, Any]], object] | None = None,
@@ -105,7 +106,8 @@ class JobRunner:
         self.on_cores_free, self.on_end = on_cores_free, on_end
         self.job_dir = config.workdir / self.job.label
         self.private = config.workdir / PRIVATE_DIR
-        self.jobfeatures_dir = config.workdir / f"{self.job.label}.jobfeatures"
+        self.feature_dirs = feature_dirs
+        self.features = feature_dirs.take()  # $JOBFEATURES, reused: given back once the payload is gone
         self.checkpoint_file = self.job_dir / CHECKPOINT_FILE
         self.progress_file = self.job_dir / PROGRESS_FILE
         self.archive = self.private / f"{self.job.label}.output.tar.gz"
@@ -121,6 +123,7 @@ class JobRunner:
         self._ran_from: float | None = None  # the payload's start on the monotonic clock, until reported running
         self._features_lock = threading.Lock()
         self._features_live = False  # the payload runs: its job features may be rewritten
+        self._features_released = False
         self._heartbeat_started = False
         self._heartbeat = Heartbeater(
             transport, self.job.id, self.lease.token, heartbeat_every, self._status, self.abort, self.job.label,
@@ -145,7 +148,7 @@ class JobRunner:
             if not self._features_live:
                 return
             try:
-                write_features(self.jobfeatures_dir, self._job_features())
+                self.features.write(self._job_features(), live=True)
             except OSError as exc:
                 log.error("%s: cannot update its job features: %s", self.job.label, exc)
 
@@ -309,7 +312,7 @@ class JobRunner:
         log_path = self.job_dir / JOB_LOG
         with self._features_lock:
             self._started_at = self.wall_clock()
-            write_features(self.jobfeatures_dir, self._job_features())
+            self.features.write(self._job_features(), live=False)  # nothing reads it before the payload
             self._features_live = True
         user = self.config.payload_user
         try:
@@ -352,9 +355,10 @@ class JobRunner:
         finally:
             with self._features_lock:
                 self._features_live = False
-            if payload.poll() is not None:
+            if payload.poll() is not None:  # its whole tree is gone (the supervisor kills it before it reports)
                 pid_record.unlink(missing_ok=True)
                 take_back(self.job_dir, user)
+                self._release_features()  # before the final report, which may start the next payload
 
     def _job_features(self) -> dict[str, str | None]:
         job, cfg = self.job, self.config
@@ -415,7 +419,7 @@ class JobRunner:
         user = self.config.payload_user
         if user is not None:  # its own account: nothing of root's home or temp space
             env.update(HOME=str(self.job_dir), TMPDIR=str(self.job_dir), USER=user.name, LOGNAME=user.name)
-        env["JOBFEATURES"] = str(self.jobfeatures_dir)
+        env["JOBFEATURES"] = str(self.features.path)
         env["MACHINEFEATURES"] = str(self.site.mirror_dir)
         if self.job.events is not None:
             env["CLOUDPILOT_EVENTS"] = str(self.job.events)
@@ -469,10 +473,16 @@ class JobRunner:
             self._cores_freed = True
             self.on_cores_free(self)
 
+    def _release_features(self) -> None:
+        """Hand $JOBFEATURES to the next payload (once; only when this payload's tree is gone)."""
+        if not self._features_released:
+            self._features_released = True
+            self.feature_dirs.give_back(self.features)
+
     def _clean_up(self) -> None:
         for path in (self.archive, self.events_archive, self.progress_file):
             path.unlink(missing_ok=True)
-        shutil.rmtree(self.jobfeatures_dir, ignore_errors=True)
+        self._release_features()
         if not self.config.keep_job_dirs:
             shutil.rmtree(self.job_dir, ignore_errors=True)
 

@@ -19,10 +19,10 @@ from cloudpilot.pilot.features import (
     DYNAMIC_JOB_KEYS,
     DYNAMIC_MACHINE_KEYS,
     MACHINE_KEYS,
+    FeatureDir,
     FeatureSource,
     as_number,
     format_number,
-    write_features,
 )
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class SiteView:
 
     def __init__(self, machine: FeatureSource, slot: FeatureSource, mirror_dir: Path) -> None:
         self.machine_source, self.slot_source, self.mirror_dir = machine, slot, mirror_dir
+        self._mirror = FeatureDir(mirror_dir)
         self._lock = threading.Lock()
         self._machine: dict[str, str | None] = {}
         self._slot: dict[str, str | None] = {}
@@ -97,9 +98,9 @@ class SiteView:
             return self._changed(before)
 
     def _changed(self, before: Deadline | None) -> bool:
-        """Write the mirror (cheap when nothing changed) and say whether the deadline moved; lock held."""
+        """Write the mirror (no system call when nothing changed) and say whether the deadline moved; lock held."""
         try:
-            write_features(self.mirror_dir, self._mirror_values())
+            self._mirror.write(self._mirror_values(), live=True)  # payloads may read it any time
         except OSError as exc:  # a full disk must not stop the pilot from hearing about its shutdown
             log.error("cannot write the machine features to %s: %s", self.mirror_dir, exc)
         after = self._deadline()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cloudpilot.config import ServerConfig
+from cloudpilot.domain.matching import TaskQueue
 from cloudpilot.domain.provisioning import Action
 from cloudpilot.services import metrics
 from cloudpilot.services.accounting import AccountingService
@@ -98,7 +99,7 @@ class Services:
         services: Services
         log_tails = LogTailRepository(db)  # job.log tails: pilots write them, users read them
         job_service = JobService(
-            job_repo, sandbox_store, config, on_new_work=lambda: services.new_work(), log_tails=log_tails
+            job_repo, sandbox_store, config, on_new_work=lambda classes: services.new_work(classes), log_tails=log_tails
         )
 
         def drain(actions: list[Action], now: float) -> None:  # a revoked image's VMs
@@ -192,16 +193,24 @@ class Services:
     def vm_server_url(self) -> str:
         return self.config.provisioner.server_url or self.public_url
 
-    def new_work(self) -> None:
+    def new_work(self, arrived: Sequence[TaskQueue] | None = None) -> None:
         """Jobs became waiting: refresh the matcher's snapshot and wake long-polling pilots, here and (through
-        PostgreSQL) in every other server process of the database."""
-        self.work_elsewhere()
+        PostgreSQL) in every other server process of the database. Submitted jobs name their task queues
+        (``arrived``): this process's snapshot takes them in without a reload."""
+        if arrived is None:
+            self.work_elsewhere()
+        else:
+            self.matcher.add_work(arrived)
+            self._wake_listeners()
         if self.signals is not None:
             self.signals.send(WORK_CHANNEL)
 
     def work_elsewhere(self, _payload: str = "") -> None:
         """New work in this or another process: what :meth:`new_work` does here, without telling anyone."""
         self.matcher.invalidate()
+        self._wake_listeners()
+
+    def _wake_listeners(self) -> None:
         for listener in self.work_listeners:
             listener()
 

@@ -9,6 +9,7 @@ from typing import Any
 from cloudpilot.config import ServerConfig
 from cloudpilot.domain.auth import Principal, Role
 from cloudpilot.domain.jobs import Job, JobEvent, JobSpec, JobState
+from cloudpilot.domain.matching import TaskQueue
 from cloudpilot.services import metrics
 from cloudpilot.services.auth import require
 from cloudpilot.services.errors import BadInput, Forbidden, TooMany
@@ -26,7 +27,7 @@ class JobService:
         jobs: JobRepository,
         sandboxes: SandboxStore,
         config: ServerConfig,
-        on_new_work: Callable[[], None] = lambda: None,
+        on_new_work: Callable[[Sequence[TaskQueue]], None] = lambda _classes: None,
         log_tails: LogTailRepository | None = None,
     ) -> None:
         self.jobs = jobs
@@ -51,11 +52,13 @@ class JobService:
             i, sandbox = missing
             where = f"[{i}].input_sandbox" if len(specs) > 1 else "input_sandbox"
             raise BadInput(f"{where}: sandbox {sandbox} was never uploaded (POST /api/v1/sandboxes)", where)
-        ids = self.jobs.submit(principal.vo, principal.name, specs, now, self.config.jobs.default_wall_seconds)
+        ids, classes = self.jobs.submit_into_classes(
+            principal.vo, principal.name, specs, now, self.config.jobs.default_wall_seconds
+        )
         metrics.JOBS_SUBMITTED.labels(principal.vo).inc(len(ids))
         what = f"job {ids[0]}" if len(ids) == 1 else f"{len(ids)} jobs {ids[0]}..{ids[-1]}"
         log.info("%s submitted by %s", what, principal.name, extra={"job_id": ids[0], "vo": principal.vo})
-        self.on_new_work()
+        self.on_new_work(classes)
         return ids
 
     def get(self, principal: Principal, job_id: int) -> Job:

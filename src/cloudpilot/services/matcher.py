@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 
@@ -61,6 +62,24 @@ class MatchService:
         """New work arrived: the next match reads a fresh snapshot."""
         with self._lock:
             self._snapshot = None
+
+    def add_work(self, arrived: Iterable[TaskQueue]) -> None:
+        """Jobs were submitted (in this process) into the ``arrived`` task queues: the snapshot learns them
+        without a reload. It is replaced by an updated copy, so that a background refresh that read the
+        database before the submission does not install itself over it (see :meth:`_refresh`)."""
+        with self._lock:
+            snap = self._snapshot
+            if snap is None:  # the next match loads one anyway
+                return
+            arrived = list(arrived)
+            new = {tq.id: tq for tq in arrived if tq.id not in snap.task_queues}
+            self._snapshot = _Snapshot(
+                taken_at=snap.taken_at,
+                task_queues={**snap.task_queues, **new} if new else snap.task_queues,
+                shares=snap.shares,
+                by_place={} if new else snap.by_place,  # a new class may belong to any place
+                empty=snap.empty - {tq.id for tq in arrived},
+            )
 
     def match(self, pilot_id: str, offer: Offer, vo: str | None, now: float) -> Job | None:
         """Lease one job to ``pilot_id``, or ``None``. ``vo`` limits the pilot to one VO's jobs."""

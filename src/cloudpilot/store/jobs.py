@@ -58,10 +58,17 @@ class JobRepository:
 
     def submit(self, vo: str, owner: str, specs: Sequence[JobSpec], now: float, default_wall_seconds: int) -> list[int]:
         """Store ``specs`` as waiting jobs in one transaction; return their ids in the order given."""
+        return self.submit_into_classes(vo, owner, specs, now, default_wall_seconds)[0]
+
+    def submit_into_classes(
+        self, vo: str, owner: str, specs: Sequence[JobSpec], now: float, default_wall_seconds: int
+    ) -> tuple[list[int], list[TaskQueue]]:
+        """:meth:`submit`, which also returns the task queues the jobs went into (the matcher adds them to its
+        snapshot instead of reloading it)."""
         if not specs:
-            return []
+            return [], []
         with self.db.write() as conn:
-            tq_ids = self._task_queue_ids(conn, vo, owner, specs, now, default_wall_seconds)
+            tq_ids, classes = self._task_queue_ids(conn, vo, owner, specs, now, default_wall_seconds)
             rows = [
                 {
                     "tq_id": tq_id,
@@ -97,7 +104,7 @@ class JobRepository:
                 literal("submitted"),
             ).where(chosen)
             conn.execute(insert(job_events).from_select(["job_id", "at", "from_state", "to_state", "reason"], history))
-        return ids
+        return ids, classes
 
     def _insert_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         """Insert rows and return their ids in order. On PostgreSQL the ids are reserved from the sequence and
@@ -127,7 +134,8 @@ class JobRepository:
         specs: Sequence[JobSpec],
         now: float,
         default_wall_seconds: int,
-    ) -> list[int]:
+    ) -> tuple[list[int], list[TaskQueue]]:
+        """The task queue of each spec, in order, creating the classes not seen before; and the classes."""
         keys: list[str] = []
         new: dict[str, dict[str, Any]] = {}
         for spec in specs:
@@ -156,7 +164,8 @@ class JobRepository:
             # Another API process may create the same class concurrently: the unique key decides.
             conn.execute(upsert(conn)(task_queues).on_conflict_do_nothing(index_elements=["key"]), missing)
             known = self._lookup_task_queues(conn, list(new))
-        return [known[k] for k in keys]
+        classes = [task_queue_from_row({**row, "id": known[key]}) for key, row in new.items()]
+        return [known[k] for k in keys], classes
 
     @staticmethod
     def _lookup_task_queues(conn: Connection, keys: list[str]) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import sys
@@ -66,12 +67,22 @@ def test_exit_zero_collects_the_outputs_and_the_log(tmp_path: Path) -> None:
     assert outcome.usage.cpu_seconds > 0 and outcome.usage.max_rss_bytes > 0
 
     archive = tmp_path / "out.tar.gz"
-    names = pack_outputs(tmp_path / "job", ["result-*.json", "plots", "../*", "/etc/*"], archive)
+    names, packed = pack_outputs(tmp_path / "job", ["result-*.json", "plots", "../*", "/etc/*"], archive)
     assert names == ["job.log", "plots/deep/a.png", "result-1.json"]  # the link out of the job dir is not packed
+    assert packed is None
     with tarfile.open(archive) as tar:
         assert tar.getnames() == names
         log = tar.extractfile("job.log").read().decode()  # type: ignore[union-attr]
     assert "hello on stdout" in log and "hello on stderr" in log
+
+    # Small enough to go with the report: the same archive, in memory only; too big: the file again.
+    in_memory = tmp_path / "small.tar.gz"
+    names, packed = pack_outputs(tmp_path / "job", ["result-*.json", "plots"], in_memory, small=64 * 1024)
+    assert packed is not None and not in_memory.exists()
+    with tarfile.open(fileobj=io.BytesIO(packed)) as tar:
+        assert tar.getnames() == names == ["job.log", "plots/deep/a.png", "result-1.json"]
+    names, packed = pack_outputs(tmp_path / "job", ["result-*.json", "plots"], in_memory, small=64)
+    assert packed is None and tarfile.is_tarfile(in_memory)
 
 
 def test_non_zero_exit_and_death_by_signal_fail_with_their_reason(tmp_path: Path) -> None:

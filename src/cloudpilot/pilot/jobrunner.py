@@ -66,13 +66,6 @@ class JobEnd(enum.Enum):
     BROKEN = "broken"  # a local error (a full disk, say) kept the pilot from finishing it
 
 
-def inline_output(archive: Path) -> str | None:
-    """The output archive, base64-encoded, if it is small enough to go inline with the final report."""
-    if archive.stat().st_size > INLINE_OUTPUT_BYTES:
-        return None
-    return base64.b64encode(archive.read_bytes()).decode("ascii")
-
-
 class _Aborted(Exception):
     """The job was stopped by its heartbeat (kill, lease lost) or by the pilot; raised between steps."""
 
@@ -222,7 +215,10 @@ class JobRunner:
         if events is not None:
             events.flush(final=True)  # the last events, before the output that the server takes as the end
             keep = lambda name, path: not events.already_sent(name, path)  # noqa: E731
-        names = pack_outputs(self.job_dir, job.output_files, self.archive, exclude=PILOT_FILES, keep=keep)
+        small = INLINE_OUTPUT_BYTES if self.transport.report_extensions else 0  # it may go with the report
+        names, packed = pack_outputs(
+            self.job_dir, job.output_files, self.archive, exclude=PILOT_FILES, keep=keep, small=small
+        )
         usage = outcome.usage
         final: dict[str, Any] = {
             "state": outcome.state,
@@ -233,16 +229,15 @@ class JobRunner:
         }
         if ran_for is not None:  # it ended before its running report
             final["ran_seconds"] = ran_for
-        inline = inline_output(self.archive) if self.transport.report_extensions else None
-        if inline is None:
+        if packed is None:
             if handover:  # a big output: the slot is not held while it uploads
                 handover = False
                 self._free_cores()
             log.info("%s: %s; uploading %s", job.label, outcome.reason or "exit code 0", ", ".join(names))
             self._keep_alive()
             self._deliver("upload the output", lambda: self.transport.upload_output(job.id, token, self.archive))
-        else:
-            final["output"] = inline  # a few KiB: it goes with the report, no upload of its own
+        else:  # a few KiB: it goes with the report, no upload of its own
+            final["output"] = base64.b64encode(packed).decode("ascii")
         if handover:
             assert self.next_offer is not None
             offer = self.next_offer(self)
@@ -282,7 +277,9 @@ class JobRunner:
         final.pop("next", None)
         if final.pop("ran_seconds", None) is not None:
             self._report_running()
-        if final.pop("output", None) is not None:
+        output = final.pop("output", None)
+        if output is not None:
+            self.archive.write_bytes(base64.b64decode(output))  # it was packed in memory only
             call = lambda: self.transport.upload_output(self.job.id, self.lease.token, self.archive)  # noqa: E731
             self._deliver("upload the output", call)
         return self._report(final)

@@ -15,7 +15,9 @@ import stat
 import tarfile
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from io import BytesIO
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from cloudpilot.pilot.errors import SandboxTooLarge, UnsafeArchive
 
@@ -184,20 +186,31 @@ def pack_outputs(
     *,
     exclude: Container[str] = (),
     keep: Callable[[str, Path], bool] | None = None,
-) -> list[str]:
-    """Write a gzipped tar of the files :func:`collect_outputs` finds (those ``keep(name, path)`` accepts, if
-    given) plus ``job.log``; the names packed."""
+    small: int = 0,
+) -> tuple[list[str], bytes | None]:
+    """A gzipped tar of the files :func:`collect_outputs` finds (those ``keep(name, path)`` accepts, if given)
+    plus ``job.log``: the names packed, and the archive itself if it is at most ``small`` bytes — then no file
+    is written (most short jobs' output is a few lines of log: a file made, read back and removed per job costs
+    more than packing it) — else ``None`` and the archive is the file ``archive``."""
     names = {n: p for n, p in collect_outputs(job_dir, patterns, exclude=exclude).items() if keep is None or keep(n, p)}
     log_file = job_dir.resolve() / JOB_LOG
     if log_file.is_file() and not log_file.is_symlink():
         names[JOB_LOG] = log_file
+    if small > 0 and sum(p.lstat().st_size for p in names.values()) <= small:  # gzip may not make it small enough
+        packed = BytesIO()
+        write_archive(names, packed)
+        if packed.tell() <= small:
+            return sorted(names), packed.getvalue()
+        archive.write_bytes(packed.getvalue())
+        return sorted(names), None
     write_archive(names, archive)
-    return sorted(names)
+    return sorted(names), None
 
 
-def write_archive(files: Mapping[str, Path], archive: Path) -> None:
-    """A gzipped tar of ``files`` (name in the archive -> file on disk)."""
-    with tarfile.open(archive, mode="w:gz", format=tarfile.PAX_FORMAT) as tar:
+def write_archive(files: Mapping[str, Path], archive: Path | BinaryIO) -> None:
+    """A gzipped tar of ``files`` (name in the archive -> file on disk), into a file or a stream."""
+    target = {"name": archive} if isinstance(archive, Path) else {"fileobj": archive}
+    with tarfile.open(mode="w:gz", format=tarfile.PAX_FORMAT, **target) as tar:  # type: ignore[call-overload]
         for name in sorted(files):
             tar.add(files[name], arcname=name, recursive=False)
 

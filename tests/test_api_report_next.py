@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import time
 
 from cloudpilot.domain.auth import Role
@@ -27,6 +28,12 @@ def test_a_final_report_stores_its_inline_output_and_answers_the_next_job(server
         assert r.status_code == 422 and r.json()["error"]["field"] == "output"
     assert user.get(f"/api/v1/jobs/{first}").json()["state"] == "running"  # nothing changed by a refusal
 
+    # A refused report (a stale lease) records no output: the job's output is recorded with its end, or not at all.
+    refused = tar_gz({"job.log": b"from a stale lease\n"})
+    stale = {"lease_token": lease + 7, "state": "done", "output": base64.b64encode(refused).decode()}
+    assert pilot.post(f"/api/v1/jobs/{first}/report", json=stale).status_code == 409
+    assert not server.services.sandbox_records.exists(f"sha256:{hashlib.sha256(refused).hexdigest()}")
+
     archive = tar_gz({"job.log": b"hello\n"})
     final = {"lease_token": lease, "state": "done", "output": base64.b64encode(archive).decode(), "next": {"cores": 1}}
     r = pilot.post(f"/api/v1/jobs/{first}/report", json=final)
@@ -35,6 +42,7 @@ def test_a_final_report_stores_its_inline_output_and_answers_the_next_job(server
     assert answer["state"] == "done"
     assert answer["next"]["job"]["id"] == second and answer["next"]["lease"]["token"] == 1
     assert user.get(f"/api/v1/jobs/{first}/output").content == archive
+    assert server.services.sandbox_records.exists(f"sha256:{hashlib.sha256(archive).hexdigest()}")
     assert user.get(f"/api/v1/jobs/{second}").json()["state"] == "matched"
 
     # Nothing left for the slot: next is null. A report without "next" answers as before.

@@ -232,7 +232,7 @@ def report(job_id: JobId, body: ReportBody, principal: PrincipalDep, services: S
         reason=body.reason,
         cpu_seconds=body.cpu_seconds,
         max_rss_bytes=body.max_rss_bytes,
-        output_sandbox=output,
+        output=output,
         ran_seconds=body.ran_seconds,
     )
     answer: dict[str, Any] = {"id": job.id, "state": job.state.value}

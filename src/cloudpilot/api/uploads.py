@@ -12,6 +12,7 @@ from cloudpilot.domain.auth import Principal
 from cloudpilot.services.container import Services
 from cloudpilot.services.errors import BadInput
 from cloudpilot.storage.base import TooLarge
+from cloudpilot.store.sandboxes import StoredSandbox
 
 # The body arrives in pieces of ~64 KiB; they go to storage in batches of this size from a worker thread, since
 # a write may block (a disk, or an S3 part upload) and must not stall the event loop, and one thread hop per
@@ -52,8 +53,9 @@ async def receive_sandbox(request: Request, services: Services, principal: Princ
     return sandbox_id, size
 
 
-def store_inline_output(encoded: str, services: Services, principal: Principal) -> str:
-    """Store the output sandbox a report carries inline (base64); its id. Called from a worker thread."""
+def store_inline_output(encoded: str, services: Services, principal: Principal) -> StoredSandbox:
+    """Store the bytes of the output sandbox a report carries inline (base64); the report records it, in its own
+    transaction. Called from a worker thread."""
     try:
         raw = base64.b64decode(encoded, validate=True)
     except ValueError as exc:  # binascii.Error, and non-ASCII text, which b64decode refuses with a plain ValueError
@@ -62,5 +64,4 @@ def store_inline_output(encoded: str, services: Services, principal: Principal) 
     if len(raw) > store.max_bytes:
         raise TooLarge(store.max_bytes)
     sandbox_id, size = store.put([raw])
-    services.sandbox_records.record(sandbox_id, size, principal.token_id, services.clock.now())
-    return sandbox_id
+    return StoredSandbox(sandbox_id, size, principal.token_id)

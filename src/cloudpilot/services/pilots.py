@@ -30,6 +30,7 @@ from cloudpilot.store.errors import NotFound
 from cloudpilot.store.jobs import JobRepository
 from cloudpilot.store.log_tails import LogTailRepository
 from cloudpilot.store.pilots import PilotRecord, PilotRepository
+from cloudpilot.store.sandboxes import StoredSandbox
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,14 +228,14 @@ class PilotService:
         reason: str | None,
         cpu_seconds: float | None,
         max_rss_bytes: int | None,
-        output_sandbox: str | None = None,
+        output: StoredSandbox | None = None,
         ran_seconds: float | None = None,
     ) -> Job:
         if state not in (JobState.RUNNING, JobState.DONE, JobState.FAILED):
             raise BadInput(f"a pilot reports running, done or failed, not {state.value}", "state")
         if state is JobState.DONE and exit_code not in (0, None):
             raise BadInput(f"a job that exited with code {exit_code} is failed, not done", "exit_code")
-        if output_sandbox is not None and state is JobState.RUNNING:
+        if output is not None and state is JobState.RUNNING:
             raise BadInput("an output comes with the job's end (done or failed), not with running", "output")
         if ran_seconds is not None and state is JobState.RUNNING:
             raise BadInput("ran_seconds comes with the job's end (done or failed), not with running", "ran_seconds")
@@ -250,7 +251,7 @@ class PilotService:
             max_rss_bytes=max_rss_bytes,
             half_life=self.config.fair_share.half_life_seconds,
             check=self._holder_check(principal, lease_token),
-            output_sandbox=output_sandbox,
+            output=output,
             ran_seconds=ran_seconds,
         )
 

@@ -36,6 +36,7 @@ from cloudpilot.store.claim import Claimer
 from cloudpilot.store.database import Database
 from cloudpilot.store.errors import Conflict, NotFound
 from cloudpilot.store.rows import event_from_row, job_from_row, task_queue_from_row
+from cloudpilot.store.sandboxes import StoredSandbox, record_sandbox
 from cloudpilot.store.schema import event_chunks, job_events, job_usage, jobs, pilots, task_queues, usage
 from cloudpilot.store.statements import insert_of, job_event_insert, upsert
 
@@ -311,13 +312,14 @@ class JobRepository:
         max_rss_bytes: int | None = None,
         half_life: float = 86400.0,
         check: Callable[[Job], None] | None = None,
-        output_sandbox: str | None = None,
+        output: StoredSandbox | None = None,
         ran_seconds: float | None = None,
     ) -> Job:
         """A pilot's report about the job it holds: ``running``, ``done`` or ``failed``.
 
         ``check`` sees the locked row first (the caller's authorization: who may report, in its own order of
-        refusals), so no separate read is needed; ``output_sandbox`` records the job's output with its end.
+        refusals), so no separate read is needed; ``output`` records the job's output sandbox with its end, in
+        the same transaction.
         ``ran_seconds`` comes with the end of a job still ``matched`` (a payload so short its pilot reported it
         only once): it went through ``running`` from ``ran_seconds`` ago, which history and accounting show."""
         with self.db.write() as conn:
@@ -333,8 +335,9 @@ class JobRepository:
                 values["started_at"] = now
             else:
                 values.update(finished_at=now, exit_code=exit_code, lease_expires_at=None)
-                if output_sandbox is not None:
-                    values["output_sandbox"] = output_sandbox
+                if output is not None:
+                    record_sandbox(self.db, conn, output, now)
+                    values["output_sandbox"] = output.id
                 if target is JobState.FAILED:
                     values["failure_reason"] = reason or "failed"
                 if cpu_seconds is not None:

@@ -44,7 +44,7 @@ async def _every(  # type: ignore[no-untyped-def]
     """Run ``tick(now)`` every ``interval``, or sooner when ``wake`` is set or at ``due_at()`` (a time the last
     tick asked to run again at), while this server leads; a failing tick is logged with its traceback and
     retried at the next turn."""
-    budget = WakeBudget(time.monotonic()) if wake is not None else None
+    budget = WakeBudget(time.monotonic())  # paces woken and early ticks (a loop without ``wake`` has neither)
     while True:
         if wake is not None:
             wake.clear()  # wakes from here on are for work this tick may not see: they run the next one
@@ -57,7 +57,7 @@ async def _every(  # type: ignore[no-untyped-def]
             log.warning("%s stopped: %s", name, exc)
         except Exception:
             log.exception("%s failed; retrying in %.0f s", name, interval)
-        if wake is None or budget is None:  # an unwoken loop: its interval only
+        if wake is None:
             await asyncio.sleep(interval)
             continue
         now = time.monotonic()

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from cloudpilot.api.deps import ServicesDep
+from cloudpilot.api.deps import ServicesDep, principal_of
 from cloudpilot.domain.auth import Role
 from cloudpilot.services import metrics
 from cloudpilot.services.auth import require
@@ -33,5 +33,5 @@ def get_metrics(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     if not services.config.metrics.public:
-        require(services.auth.authenticate(authorization, services.clock.now()), Role.ADMIN)
+        require(principal_of(request, authorization), Role.ADMIN)
     return Response(metrics.exposition(_gauges(request)), media_type=CONTENT_TYPE_LATEST)

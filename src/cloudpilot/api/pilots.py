@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from cloudpilot.api.deps import PrincipalDep, ServicesDep
+from cloudpilot.api.deps import PrincipalDep, ServicesDep, caller, store_call
 from cloudpilot.api.errors import validation_error
 from cloudpilot.api.params import MAX_ID, MAX_SECONDS, JobId
 from cloudpilot.api.responses import job_for_pilot, json_response
@@ -135,7 +135,7 @@ async def match(request: Request) -> Response:
     # The hottest call of the server: no dependency injection and no threadpool hop for the token check;
     # the body is validated by the same pydantic model FastAPI would use.
     services: Services = request.app.state.services
-    principal = services.auth.authenticate(request.headers.get("authorization"), services.clock.now())
+    principal = caller(request)
     try:
         body = MatchBody.model_validate_json(await request.body())
     except ValidationError as exc:
@@ -146,13 +146,8 @@ async def match(request: Request) -> Response:
     deadline = loop.time() + min(body.wait_seconds, services.config.matcher.max_wait_seconds)
     while True:
         woken = notifier.current()
-        if services.db.is_sqlite:
-            # SQLite has one writer anyway: a thread hop would cost more than the claim it wraps.
-            answer = services.pilots.match(principal, body.pilot_id, offer, services.clock.now())
-        else:
-            answer = await run_in_threadpool(
-                services.pilots.match, principal, body.pilot_id, offer, services.clock.now()
-            )
+        now = services.clock.now()
+        answer = await store_call(services, services.pilots.match, principal, body.pilot_id, offer, now)
         if (found := match_json(answer, services)) is not None:
             return json_response(found)
         left = deadline - loop.time()
@@ -222,13 +217,9 @@ async def put_events(
 
 @router.post("/jobs/{job_id}/report", summary="Report the job running, done or failed (and get the slot's next job)")
 async def report(job_id: JobId, body: ReportBody, request: Request) -> Response:
-    # One per short job (the final report brings the slot's next job): as match, no dependency for the token
-    # check and, on SQLite, no threadpool hop (one writer anyway: the hop would cost more than the write).
+    # One per short job (the final report brings the slot's next job): served as match is.
     services: Services = request.app.state.services
-    principal = services.auth.authenticate(request.headers.get("authorization"), services.clock.now())
-    if services.db.is_sqlite:
-        return _report(services, principal, job_id, body)
-    return await run_in_threadpool(_report, services, principal, job_id, body)
+    return await store_call(services, _report, services, caller(request), job_id, body)
 
 
 def _report(services: Services, principal: Principal, job_id: int, body: ReportBody) -> Response:

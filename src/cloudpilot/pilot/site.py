@@ -86,6 +86,8 @@ class SiteView:
             log.warning("ignoring a shutdowntime that is no number: %r", raw)
             return False
         with self._lock:
+            if value == self._server_says:  # most answers repeat it: nothing to look at or write
+                return False
             before = self._deadline()
             self._server_says = value
             return self._changed(before)

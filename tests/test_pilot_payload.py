@@ -177,3 +177,42 @@ def test_a_killed_launcher_takes_its_payloads_down_and_the_next_payload_gets_a_n
     assert run(again).state == "done" and "again" in (job_dir / JOB_LOG).read_text()
     assert "the payload launcher has ended; starting a new one" in caplog.text  # the operator is told
     launcher.close()
+
+
+def test_a_supervisor_killed_by_a_signal_takes_its_payload_group_down(tmp_path: Path) -> None:
+    pid_file = tmp_path / "leader.pid"
+    payload = start(tmp_path, "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)",
+                    str(pid_file))  # fmt: skip
+    assert wait_for(lambda: pid_file.exists() and pid_file.read_text() != "")
+    leader = int(pid_file.read_text())
+    os.kill(payload.pid, signal.SIGKILL)  # what the OOM killer or an operator would do to the supervisor
+    assert wait_for(lambda: not procfs.alive(leader), timeout=5), "the payload outlived its supervisor"
+    assert wait_for(lambda: payload.poll() is not None, timeout=5)
+    assert payload.poll() == -signal.SIGKILL
+
+
+def test_the_payload_gets_the_signals_its_supervisor_blocks(tmp_path: Path) -> None:
+    """The supervisor waits for SIGCHLD and SIGTERM with those signals blocked; its payload must not inherit that
+    mask (a payload blind to SIGTERM could not end cleanly at its wall time)."""
+    payload = start(tmp_path, """
+        import signal, time
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        print("blocked:", sorted(int(s) for s in blocked), flush=True)
+        time.sleep(60)
+        """)  # fmt: skip
+    started = time.monotonic()
+    outcome = run(payload, wall_seconds=1.0, grace=10.0)
+    assert "blocked: []" in (tmp_path / "job" / JOB_LOG).read_text()
+    assert outcome.wall_exceeded and outcome.returncode == -signal.SIGTERM
+    assert time.monotonic() - started < 5  # it ended on the SIGTERM, not on the SIGKILL after the 10-s grace
+
+
+def test_a_file_that_cannot_be_executed_fails_the_job_with_the_reason_in_its_log(tmp_path: Path) -> None:
+    script = tmp_path / "not-a-program"
+    script.write_bytes(b"\x00\x01binary garbage")  # executable bit but no format the kernel knows
+    script.chmod(0o755)
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    outcome = run(Payload.start([str(script)], cwd=job_dir, env=dict(os.environ), log_path=job_dir / JOB_LOG))
+    assert (outcome.state, outcome.exit_code) == ("failed", 127)
+    assert f"cannot start {str(script)!r}" in (job_dir / JOB_LOG).read_text()

@@ -308,3 +308,27 @@ def test_the_lifetime_limits_what_is_offered_and_when_to_leave(tmp_path: Path) -
     assert fake.state(too_long) == "waiting"
     assert shutdown.code is ShutdownCode.NO_MORE_WORK
     assert all(c.args["offer"]["seconds_left"] <= 1 for c in fake.calls_of("match"))
+
+
+def test_a_job_directory_used_again_holds_nothing_of_the_job_before(tmp_path: Path) -> None:
+    """Job directories are recycled (emptied, job.log truncated): the next job sees only its own files and log."""
+    fake = FakeTransport()
+    code = """
+import os, sys
+print("job", sys.argv[1], "sees", sorted(os.listdir(".")), flush=True)
+open(f"out-{sys.argv[1]}.txt", "w").write("mine")
+os.mkdir("left-behind-" + sys.argv[1])
+"""
+    ids = [fake.add_job(PY, ["-c", code, str(n)], output_files=[f"out-{n}.txt"]) for n in range(3)]
+    make_agent(tmp_path, fake, cores=1).run()
+
+    for n, job_id in enumerate(ids):
+        assert states(fake, job_id)[-1] == "done"
+        log = member(fake.outputs[job_id], "job.log").decode()
+        assert log.splitlines() == [f"job {n} sees ['job.log']"]  # nothing of the job before, not even its log
+        assert member(fake.outputs[job_id], f"out-{n}.txt") == b"mine"
+    work = tmp_path / "work"
+    assert not list(work.glob("job-*"))
+    spares = list((work / ".pilot" / "spare-job-dirs").iterdir())
+    assert spares and all(sorted(p.name for p in s.iterdir()) == ["job.log"] for s in spares)
+    assert all((s / "job.log").stat().st_size == 0 for s in spares)

@@ -30,9 +30,11 @@ from cloudpilot.pilot.config import PilotConfig
 from cloudpilot.pilot.errors import GaveUp, ProtocolError, RequestRejected, Stopped, TransportError
 from cloudpilot.pilot.features import FeatureDirs, FeatureSource
 from cloudpilot.pilot.heartbeat import heartbeat_interval
-from cloudpilot.pilot.isolation import private_dir, sweep
+from cloudpilot.pilot.isolation import PRIVATE_DIR, SPARE_DIRS, private_dir, sweep
+from cloudpilot.pilot.jobdirs import JobDirs
 from cloudpilot.pilot.jobrunner import JobEnd, JobRunner
 from cloudpilot.pilot.retry import with_retries
+from cloudpilot.pilot.sandbox import JOB_LOG
 from cloudpilot.pilot.site import SiteView
 from cloudpilot.pilot.transport import Transport
 
@@ -97,6 +99,7 @@ class Agent:
             config.workdir / MACHINEFEATURES_DIR,
         )
         self._feature_dirs = FeatureDirs(config.workdir / JOBFEATURES_DIR)
+        self._job_dirs = JobDirs(config.workdir / PRIVATE_DIR / SPARE_DIRS, keep=JOB_LOG)
         self._next_refresh = 0.0
         self._started = clock()
         self._idle_since = self._started
@@ -330,6 +333,7 @@ class Agent:
             on_cores_free=self._cores_free,
             on_end=self._ended,
             feature_dirs=self._feature_dirs,
+            job_dirs=self._job_dirs,
             on_answer=self._learn,
             next_offer=self._handover_offer,
             on_next=self._take_over,

@@ -146,6 +146,7 @@ class FeatureDir:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.slot = path.name  # one payload at a time has it: the name of that payload's other reused files
         self._held: dict[str, str] | None = None  # None: the directory is not made yet
 
     def write(self, values: Mapping[str, str | None], *, live: bool) -> None:

@@ -30,6 +30,7 @@ DEFAULT_PAYLOAD_USER = "cloudpilot-payload"
 FALLBACK_PAYLOAD_USER = "nobody"
 PRIVATE_DIR = ".pilot"  # in the workdir, mode 0700: archives on their way, records of running payloads
 RECORDS_DIR = "payloads"
+SPARE_DIRS = "spare-job-dirs"  # emptied job directories waiting for a later job (pilot/jobdirs.py)
 PR_SET_DUMPABLE = 4
 
 
@@ -115,11 +116,25 @@ def private_dir(workdir: Path) -> Path:
     return private
 
 
-def record(private: Path, pid: int) -> Path:
-    """Note a running payload supervisor (its pid and start time, so a reused pid is never mistaken for it)."""
-    path = private / RECORDS_DIR / str(pid)
-    path.write_text(f"{pid} {procfs.start_time(pid)}\n")
+def record(private: Path, pid: int, slot: str) -> Path:
+    """Note the payload supervisor running in ``slot`` (its pid and start time, so a reused pid is never mistaken
+    for it). The slot's file is written over: creating and removing a file per payload costs more on a VM's
+    disk than the write."""
+    path = private / RECORDS_DIR / slot
+    data = f"{pid} {procfs.start_time(pid)}\n".encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
     return path
+
+
+def clear_record(path: Path) -> None:
+    """The recorded payload's tree is gone: its slot's record is emptied (and kept for the slot's next one)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.truncate(path, 0)
 
 
 def sweep(private: Path) -> int:

@@ -29,7 +29,8 @@ from cloudpilot.pilot.errors import GaveUp, LeaseLost, ProtocolError, RequestRej
 from cloudpilot.pilot.events import EventUploader
 from cloudpilot.pilot.features import FeatureDirs
 from cloudpilot.pilot.heartbeat import Heartbeater
-from cloudpilot.pilot.isolation import PRIVATE_DIR, give, record, take_back
+from cloudpilot.pilot.isolation import PRIVATE_DIR, clear_record, give, record, take_back
+from cloudpilot.pilot.jobdirs import JobDirs
 from cloudpilot.pilot.logtail import read_tail
 from cloudpilot.pilot.payload import Outcome, Payload, Usage, supervise
 from cloudpilot.pilot.retry import with_retries
@@ -88,6 +89,7 @@ class JobRunner:
         on_cores_free: Callable[[JobRunner], None],
         on_end: Callable[[JobRunner], None],
         feature_dirs: FeatureDirs,
+        job_dirs: JobDirs,
         on_answer: Callable[[dict[str, Any]], object] | None = None,
         next_offer: Callable[[JobRunner], dict[str, Any] | None] | None = None,
         on_next: Callable[[JobRunner, dict[str, Any]], object] | None = None,
@@ -99,7 +101,7 @@ class JobRunner:
         self.on_cores_free, self.on_end = on_cores_free, on_end
         self.job_dir = config.workdir / self.job.label
         self.private = config.workdir / PRIVATE_DIR
-        self.feature_dirs = feature_dirs
+        self.feature_dirs, self.job_dirs = feature_dirs, job_dirs
         self.features = feature_dirs.take()  # $JOBFEATURES, reused: given back once the payload is gone
         self.checkpoint_file = self.job_dir / CHECKPOINT_FILE
         self.progress_file = self.job_dir / PROGRESS_FILE
@@ -109,6 +111,7 @@ class JobRunner:
         self.abort_reason: str | None = None
         self._abort = threading.Event()
         self._payload: Payload | None = None
+        self._dir_ours = True  # False from the moment the job directory is the payload user's until its tree is gone
         self._outcome: Outcome | None = None
         self._cores_freed = False
         self._events: EventUploader | None = None
@@ -190,7 +193,7 @@ class JobRunner:
         log.info("%s: %s on %d core(s): %s", job.label, job.name or job.id, job.cores, command)
         if self.job_dir.exists():
             shutil.rmtree(self.job_dir)
-        self.job_dir.mkdir(parents=True)
+        self.job_dirs.make(self.job_dir)
         if job.input_sandbox:
             self._keep_alive()  # a download may take longer than the lease
             problem = self._fetch_input()
@@ -314,6 +317,7 @@ class JobRunner:
         user = self.config.payload_user
         try:
             log_path.touch()
+            self._dir_ours = False
             give(self.job_dir, user)  # the payload user's from here until its tree is gone
             payload = self._payload = Payload.start(
                 self._command(),
@@ -329,7 +333,7 @@ class JobRunner:
             with open(log_path, "a") as f:
                 f.write(f"cloudpilot: cannot start {job.executable!r}: {exc}\n")
             return Outcome(None, start_error=str(exc))
-        pid_record = record(self.private, payload.pid)
+        pid_record = record(self.private, payload.pid, self.features.slot)
         self._ran_from = self.clock()
         try:
             # The running report goes once the payload has run a while (or at once, with events to upload, or
@@ -353,8 +357,9 @@ class JobRunner:
             with self._features_lock:
                 self._features_live = False
             if payload.poll() is not None:  # its whole tree is gone (the supervisor kills it before it reports)
-                pid_record.unlink(missing_ok=True)
+                clear_record(pid_record)
                 take_back(self.job_dir, user)
+                self._dir_ours = True
                 self._release_features()  # before the final report, which may start the next payload
 
     def _job_features(self) -> dict[str, str | None]:
@@ -480,7 +485,11 @@ class JobRunner:
         for path in (self.archive, self.events_archive, self.progress_file):
             path.unlink(missing_ok=True)
         self._release_features()
-        if not self.config.keep_job_dirs:
+        if self.config.keep_job_dirs:
+            return
+        if self._dir_ours:  # nothing of the payload user is left to touch it
+            self.job_dirs.recycle(self.job_dir)
+        else:
             shutil.rmtree(self.job_dir, ignore_errors=True)
 
     @property

@@ -103,7 +103,7 @@ def test_oversized_sandbox_gets_413_and_leaves_nothing(make_server: ServerFactor
 
     r = user.post("/api/v1/sandboxes", content=chunks())
     assert r.status_code == 413
-    sandbox_dir = server.services.sandbox_store.root
+    sandbox_dir = server.services.sandbox_store.store.root
     assert [p for p in sandbox_dir.rglob("*") if p.is_file()] == []
     r = user.post("/api/v1/sandboxes", content=b"small")
     assert r.status_code == 201 and r.json()["id"].startswith("sha256:")

@@ -42,7 +42,11 @@ def test_a_final_report_stores_its_inline_output_and_answers_the_next_job(server
     assert answer["state"] == "done"
     assert answer["next"]["job"]["id"] == second and answer["next"]["lease"]["token"] == 1
     assert user.get(f"/api/v1/jobs/{first}/output").content == archive
-    assert server.services.sandbox_records.exists(f"sha256:{hashlib.sha256(archive).hexdigest()}")
+    archive_id = f"sha256:{hashlib.sha256(archive).hexdigest()}"
+    assert server.services.sandbox_records.exists(archive_id)
+    # Held by the database, no file of its own in the sandbox store
+    assert server.services.sandbox_records.holds(archive_id)
+    assert not server.services.sandbox_store.store.exists(archive_id)
     assert user.get(f"/api/v1/jobs/{second}").json()["state"] == "matched"
 
     # Nothing left for the slot: next is null. A report without "next" answers as before.
@@ -52,6 +56,13 @@ def test_a_final_report_stores_its_inline_output_and_answers_the_next_job(server
     r = pilot.post(f"/api/v1/jobs/{second}/report", json={"lease_token": token, "state": "done", "next": {}})
     assert r.json() == {"id": second, "state": "done", "next": None}
     assert not user.get(f"/api/v1/jobs/{second}").json()["has_output"]
+
+    # Still a sandbox like any other: a later job may take it as its input, and its pilot gets the same bytes.
+    chained = user.post("/api/v1/jobs", json={"executable": "true", "input_sandbox": archive_id})
+    assert chained.status_code == 201, chained.text
+    (third,) = chained.json()["ids"]
+    lease = pilot.post("/api/v1/pilots/match", json={"pilot_id": pid}).json()["lease"]["token"]
+    assert pilot.get(f"/api/v1/jobs/{third}/input", params={"lease_token": lease}).content == archive
 
 
 def test_a_job_ended_before_its_running_report_goes_through_running_by_ran_seconds(server: RunningServer) -> None:
@@ -77,3 +88,4 @@ def test_a_job_ended_before_its_running_report_goes_through_running_by_ran_secon
     # The accounting record says how long it ran, not how long the pilot held it.
     (record,) = [u for u in user.get("/api/v1/accounting/jobs").json()["records"] if u["job_id"] == job_id]
     assert abs(record["wall_seconds"] - 0.25) < 0.01
+

@@ -175,3 +175,18 @@ def test_waiting_counts_per_task_queue_exact_or_capped(db: Database) -> None:
     exact = sorted(n for _, n in repo.waiting_per_task_queue())
     assert exact == [3, 7]
     assert sorted(n for _, n in repo.waiting_per_task_queue(cap=5)) == [3, 5]
+
+
+def test_a_sandbox_held_in_the_database_keeps_its_bytes_exactly(db: Database) -> None:
+    from cloudpilot.store.sandboxes import SandboxRepository, StoredSandbox, record_sandbox
+
+    records = SandboxRepository(db)
+    raw = bytes(range(256)) * 40  # every byte value, NULs included
+    with db.write() as conn:
+        record_sandbox(db, conn, StoredSandbox("sha256:" + "a" * 64, len(raw), "tok", content=raw), NOW)
+        record_sandbox(db, conn, StoredSandbox("sha256:" + "b" * 64, 10, "tok"), NOW)  # its bytes in the store
+        # Recorded again (the same bytes, content-addressed): the first record stays as it was.
+        record_sandbox(db, conn, StoredSandbox("sha256:" + "b" * 64, 10, "tok", content=b"0123456789"), NOW)
+    assert records.content("sha256:" + "a" * 64) == raw and records.holds("sha256:" + "a" * 64)
+    assert records.content("sha256:" + "b" * 64) is None and not records.holds("sha256:" + "b" * 64)
+    assert records.content("sha256:" + "c" * 64) is None and not records.exists("sha256:" + "c" * 64)

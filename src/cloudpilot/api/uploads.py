@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 
 import anyio
 from fastapi import Request
@@ -11,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from cloudpilot.domain.auth import Principal
 from cloudpilot.services.container import Services
 from cloudpilot.services.errors import BadInput
-from cloudpilot.storage.base import TooLarge
+from cloudpilot.storage.base import TooLarge, sandbox_id_from
 from cloudpilot.store.sandboxes import StoredSandbox
 
 # The body arrives in pieces of ~64 KiB; they go to storage in batches of this size from a worker thread, since
@@ -54,14 +55,14 @@ async def receive_sandbox(request: Request, services: Services, principal: Princ
 
 
 def store_inline_output(encoded: str, services: Services, principal: Principal) -> StoredSandbox:
-    """Store the bytes of the output sandbox a report carries inline (base64); the report records it, in its own
-    transaction. Called from a worker thread."""
+    """The output sandbox a report carries inline (base64), to be recorded with its bytes by the report, in its
+    own transaction: a short job's output costs no file (or S3 object) of its own, which on a VM's disk costs
+    more than the rest of the report."""
     try:
         raw = base64.b64decode(encoded, validate=True)
     except ValueError as exc:  # binascii.Error, and non-ASCII text, which b64decode refuses with a plain ValueError
         raise BadInput(f"output is not base64: {exc}", "output") from None
-    store = services.sandbox_store
-    if len(raw) > store.max_bytes:
-        raise TooLarge(store.max_bytes)
-    sandbox_id, size = store.put([raw])
-    return StoredSandbox(sandbox_id, size, principal.token_id)
+    if len(raw) > services.sandbox_store.max_bytes:
+        raise TooLarge(services.sandbox_store.max_bytes)
+    sandbox_id = sandbox_id_from(hashlib.sha256(raw).hexdigest())
+    return StoredSandbox(sandbox_id, len(raw), principal.token_id, content=raw)

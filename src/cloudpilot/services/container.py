@@ -24,7 +24,7 @@ from cloudpilot.services.matcher import MatchService
 from cloudpilot.services.pilots import PilotService
 from cloudpilot.services.provisioner import Provisioner
 from cloudpilot.services.reaper import LeaseReaper
-from cloudpilot.services.sandbox_storage import build_sandbox_store
+from cloudpilot.services.sandbox_storage import SmallSandboxesInDatabase, build_sandbox_store
 from cloudpilot.services.sessions import PilotSessions
 from cloudpilot.services.site_control import SiteControl
 from cloudpilot.services.site_policy import SitePolicy
@@ -91,7 +91,9 @@ class Services:
         pilot_repo = PilotRepository(db)
         drivers = build_drivers(config.clouds, data_dir)
         health = CloudHealth()  # what the monitor and the provisioner learn of each cloud; /clouds shows it
-        sandbox_store = build_sandbox_store(config, data_dir)  # S3: the bucket is checked now (StorageConfigError)
+        sandbox_records = SandboxRepository(db)
+        # S3: the bucket is checked now (StorageConfigError); small outputs are held by the database
+        sandbox_store = SmallSandboxesInDatabase(build_sandbox_store(config, data_dir), sandbox_records)
         matcher = MatchService(job_repo, config)
         site_repo = SiteRepository(db)
         records = AccountingRepository(db)
@@ -117,7 +119,7 @@ class Services:
             tokens=tokens,
             auth=auth,
             sandbox_store=sandbox_store,
-            sandbox_records=SandboxRepository(db),
+            sandbox_records=sandbox_records,
             jobs=job_service,
             pilots=PilotService(
                 job_repo, pilot_repo, matcher, config, PilotSessions(tokens, auth), activity, site_policy, log_tails

@@ -1,13 +1,39 @@
-"""Build the sandbox store the configuration names (wiring: ``storage:`` in, a ``SandboxStore`` out)."""
+"""Build the sandbox store the configuration names (wiring: ``storage:`` in, a ``SandboxStore`` out), with the
+small sandboxes the database holds in front of it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from cloudpilot.config import ServerConfig
 from cloudpilot.config.secrets import SecretUnavailable, resolve_secrets
-from cloudpilot.storage.base import SandboxStore, StorageConfigError
+from cloudpilot.storage.base import SandboxSink, SandboxStore, StorageConfigError
 from cloudpilot.storage.local import LocalSandboxStore
+from cloudpilot.store.sandboxes import SandboxRepository
+
+
+class SmallSandboxesInDatabase:
+    """The sandbox store, with the sandboxes whose bytes the database holds (outputs that came inline with a final
+    report, api/uploads.py) read from there: everything else goes to and comes from ``store``."""
+
+    def __init__(self, store: SandboxStore, records: SandboxRepository) -> None:
+        self.store = store
+        self.records = records
+        self.max_bytes = store.max_bytes
+
+    def put(self, chunks: Iterable[bytes]) -> tuple[str, int]:
+        return self.store.put(chunks)
+
+    def writer(self) -> SandboxSink:
+        return self.store.writer()
+
+    def open(self, sandbox_id: str) -> Iterator[bytes]:
+        content = self.records.content(sandbox_id)
+        return iter((content,)) if content is not None else self.store.open(sandbox_id)
+
+    def exists(self, sandbox_id: str) -> bool:
+        return self.records.holds(sandbox_id) or self.store.exists(sandbox_id)
 
 
 def build_sandbox_store(config: ServerConfig, data_dir: Path) -> SandboxStore:

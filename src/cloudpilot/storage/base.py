@@ -44,6 +44,11 @@ def valid_sandbox_id(sandbox_id: str) -> bool:
     return bool(_ID.match(sandbox_id))
 
 
+def sandbox_id_from(hexdigest: str) -> str:
+    """The id of the sandbox whose SHA-256 is ``hexdigest``."""
+    return f"sha256:{hexdigest}"
+
+
 def digest_of(sandbox_id: str) -> str:
     """The hex digest of a sandbox id, or :class:`StorageError` for anything that is not one (never a path)."""
     if not valid_sandbox_id(sandbox_id):

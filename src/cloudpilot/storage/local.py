@@ -9,7 +9,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from cloudpilot.storage.base import SandboxNotStored, TooLarge, digest_of, put_through, valid_sandbox_id
+from cloudpilot.storage.base import (
+    SandboxNotStored,
+    TooLarge,
+    digest_of,
+    put_through,
+    sandbox_id_from,
+    valid_sandbox_id,
+)
 
 __all__ = ["CHUNK", "LocalSandboxStore", "SandboxWriter", "valid_sandbox_id"]
 
@@ -35,7 +42,7 @@ class SandboxWriter:
 
     def commit(self) -> tuple[str, int]:
         self._out.close()
-        sandbox_id = f"sha256:{self._digest.hexdigest()}"
+        sandbox_id = sandbox_id_from(self._digest.hexdigest())
         final = self._store.path_of(sandbox_id)
         final.parent.mkdir(exist_ok=True)
         os.replace(self._tmp, final)

@@ -28,6 +28,7 @@ from cloudpilot.storage.base import (
     TooLarge,
     digest_of,
     put_through,
+    sandbox_id_from,
     valid_sandbox_id,
 )
 
@@ -87,7 +88,7 @@ class S3SandboxWriter:
         self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
 
     def commit(self) -> tuple[str, int]:
-        sandbox_id = f"sha256:{self._digest.hexdigest()}"
+        sandbox_id = sandbox_id_from(self._digest.hexdigest())
         key = self._store.key_of(sandbox_id)
         if self._store.exists(sandbox_id):
             return sandbox_id, self.size  # the same bytes are there; discard() drops what was staged

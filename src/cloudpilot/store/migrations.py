@@ -99,6 +99,10 @@ def _leadership(conn: Connection) -> None:
         conn.execute(schema.leadership.insert().values(id=1, epoch=0, holder="", since=0.0))
 
 
+def _sandbox_content(conn: Connection) -> None:
+    _add_column(conn, "sandboxes", "content", "BYTEA" if conn.dialect.name == "postgresql" else "BLOB")
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
     (2, "VMs and their history; tokens and pilots bound to a VM", _vms),
@@ -109,6 +113,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (7, "pilot sessions: tokens bound to one pilot; one-time VM registration tokens", _pilot_sessions),
     (8, "the latest tail of each job's job.log, sent with its pilot's heartbeats", _job_log_tails),
     (9, "leadership: the epoch of the server that runs the loops (fences a deposed leader's writes)", _leadership),
+    (10, "small sandboxes' bytes in the database (outputs inline with a final report)", _sandbox_content),
 ]
 
 LATEST = max(version for version, _, _ in MIGRATIONS)  # steps may be added out of order

@@ -12,11 +12,13 @@ from cloudpilot.store.statements import upsert
 
 
 class StoredSandbox(NamedTuple):
-    """A sandbox whose bytes are stored, to be recorded (with the write that refers to it)."""
+    """A sandbox to be recorded (with the write that refers to it): its bytes are in the sandbox store, or, for
+    a small one, in ``content``, which the record holds."""
 
     id: str
     size: int
     created_by: str
+    content: bytes | None = None
 
 
 class SandboxRepository:
@@ -32,15 +34,28 @@ class SandboxRepository:
         with self.db.read() as conn:
             return conn.execute(select(sandboxes.c.id).where(sandboxes.c.id == sandbox_id)).first() is not None
 
+    def holds(self, sandbox_id: str) -> bool:
+        """Whether the database holds the bytes of this sandbox."""
+        held = select(sandboxes.c.id).where(sandboxes.c.id == sandbox_id, sandboxes.c.content.is_not(None))
+        with self.db.read() as conn:
+            return conn.execute(held).first() is not None
+
+    def content(self, sandbox_id: str) -> bytes | None:
+        """The bytes of a sandbox held in the database; ``None`` for one in the sandbox store (or unknown)."""
+        with self.db.read() as conn:
+            row = conn.execute(select(sandboxes.c.content).where(sandboxes.c.id == sandbox_id)).first()
+        return None if row is None or row[0] is None else bytes(row[0])
+
 
 def record_sandbox(db: Database, conn: Connection, stored: StoredSandbox, now: float) -> None:
     """Record ``stored`` in the caller's transaction."""
-    row = {"id": stored.id, "size": stored.size, "created_at": now, "created_by": stored.created_by}
+    row = {"id": stored.id, "size": stored.size, "created_at": now, "created_by": stored.created_by,
+           "content": stored.content}  # fmt: skip
     db.statements("record_sandbox", lambda: _record_statement(conn)).run(conn, row)
 
 
 def _record_statement(conn: Connection) -> Any:
-    columns = ("id", "size", "created_at", "created_by")
+    columns = ("id", "size", "created_at", "created_by", "content")
     return (
         upsert(conn)(sandboxes).values({c: bindparam(c) for c in columns}).on_conflict_do_nothing(index_elements=["id"])
     )

@@ -8,6 +8,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -148,6 +149,9 @@ sandboxes = Table(
     Column("size", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("created_by", String(32), nullable=False),
+    # The bytes of a small sandbox held here rather than in the sandbox store (an output that came inline with
+    # a final report); NULL for one in the store.
+    Column("content", LargeBinary, nullable=True),
 )
 
 vms = Table(

@@ -190,3 +190,19 @@ def test_a_sandbox_held_in_the_database_keeps_its_bytes_exactly(db: Database) ->
     assert records.content("sha256:" + "a" * 64) == raw and records.holds("sha256:" + "a" * 64)
     assert records.content("sha256:" + "b" * 64) is None and not records.holds("sha256:" + "b" * 64)
     assert records.content("sha256:" + "c" * 64) is None and not records.exists("sha256:" + "c" * 64)
+
+
+def test_a_failed_hot_write_leaves_nothing_and_the_next_one_works(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The matcher's SQLite transaction (Database.hot_write): an error inside rolls back all of it."""
+    db = Database(f"sqlite:///{tmp_path}/db.sqlite")
+    upgrade(db)
+    repo = JobRepository(db)
+    (job_id,) = repo.submit("lhcb", "alice", [spec()], NOW, WALL)
+    with pytest.raises(RuntimeError), db.hot_write() as conn:
+        conn.execute("UPDATE jobs SET state = 'matched', pilot_id = 'p1' WHERE id = ?", (job_id,))
+        raise RuntimeError("the history insert failed")
+    assert repo.get(job_id).state is JobState.WAITING
+    (tq,) = repo.waiting_task_queues()
+    assert repo.claim(tq.id, "p2", NOW, 90) is not None  # on the same connection, after that
+    assert (repo.get(job_id).state, repo.get(job_id).pilot_id) == (JobState.MATCHED, "p2")
+    db.dispose()

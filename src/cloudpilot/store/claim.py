@@ -97,7 +97,7 @@ class Claimer:
             return dict(zip([d[0] for d in cur.description], row, strict=True))
 
     def _claim_sqlite(self, tq_ids: Sequence[int], params: dict[str, Any]) -> dict[str, Any] | None:
-        with self.db.write() as conn:
+        with self.db.hot_write() as conn:
             for tq_id in tq_ids:
                 row = self._claim_stmt.first(conn, {**params, "tq": tq_id})
                 if row is None:

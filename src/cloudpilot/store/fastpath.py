@@ -28,8 +28,9 @@ class CompiledStatement:
             return tuple(merged[name] for name in self._positions)
         return merged
 
-    def first(self, conn: Connection, params: Mapping[str, Any]) -> dict[str, Any] | None:
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    def first(self, conn: Connection | Any, params: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The first row, in ``conn``'s transaction (a SQLAlchemy Connection, or a DB-API one)."""
+        cursor = _cursor(conn)
         try:
             cursor.execute(self.sql, self._params(params))
             row = cursor.fetchone()
@@ -39,14 +40,20 @@ class CompiledStatement:
         finally:
             cursor.close()
 
-    def run(self, conn: Connection, params: Mapping[str, Any]) -> int:
+    def run(self, conn: Connection | Any, params: Mapping[str, Any]) -> int:
         """Execute; the number of rows it changed."""
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        cursor = _cursor(conn)
         try:
             cursor.execute(self.sql, self._params(params))
             return int(cursor.rowcount)
         finally:
             cursor.close()
+
+
+def _cursor(conn: Connection | Any) -> Any:
+    if isinstance(conn, Connection):
+        return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    return conn.cursor()
 
 
 class StatementCache:

@@ -34,6 +34,9 @@ class LeaseConfig(_Section):
 class MatcherConfig(_Section):
     max_wait_seconds: float = Field(30.0, ge=0, le=60, description="Longest long-poll a pilot may ask for.")
     snapshot_seconds: float = Field(1.0, ge=0, description="How long the cached task-queue snapshot is reused.")
+    usage_seconds: float = Field(
+        10.0, ge=0, description="How often the fair-share inputs (cores held and recorded usage per user) are re-read."
+    )
 
 
 class FairShareConfig(_Section):

@@ -46,6 +46,16 @@ class _Snapshot:
         return groups
 
 
+@dataclass
+class _FairShareInputs:
+    """The cores each (VO, owner) holds and their recorded usage, as read at ``read_at``; the cores of this
+    process's matches since then are added as they happen."""
+
+    read_at: float
+    running: dict[tuple[str, str], int]
+    recorded: dict[tuple[str, str], tuple[float, float]]
+
+
 MAX_CACHED_PLACES = 20_000
 CLAIM_CANDIDATES = 8  # task queues tried per claim statement
 
@@ -55,6 +65,7 @@ class MatchService:
         self.jobs = jobs
         self.config = config
         self._snapshot: _Snapshot | None = None
+        self._inputs: _FairShareInputs | None = None
         self._lock = threading.Lock()
         self._refreshing = threading.Lock()
 
@@ -112,10 +123,29 @@ class MatchService:
         with self._lock:
             return [tq for tq_id, tq in snapshot.task_queues.items() if tq_id not in snapshot.empty]
 
+    def _fair_share_inputs(
+        self, now: float
+    ) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], tuple[float, float]]]:
+        """Cores held and recorded usage per (VO, owner), re-read every ``matcher.usage_seconds``, not at every
+        snapshot: counting the cores of every matched or running job scans them all (tens of thousands in a
+        busy queue), and usage decays with a half-life of hours. Between reads, jobs that end elsewhere are not
+        seen; this process's own matches are (:meth:`_charge`)."""
+        with self._lock:
+            inputs = self._inputs
+        if inputs is None or now - inputs.read_at >= self.config.matcher.usage_seconds:
+            inputs = _FairShareInputs(now, self.jobs.running_cores(), self.jobs.usage())
+            with self._lock:
+                self._inputs = inputs
+        with self._lock:
+            return dict(inputs.running), inputs.recorded
+
     def _charge(self, snapshot: _Snapshot, job: Job) -> None:
         """Count the job's cores at once, so a burst of matches spreads over VOs and users as shares say."""
         weight = job.cores * self.config.fair_share.half_life_seconds
         with self._lock:
+            if self._inputs is not None:  # and in the snapshots built before the next read
+                key = (job.vo, job.owner)
+                self._inputs.running[key] = self._inputs.running.get(key, 0) + job.cores
             user = dict(snapshot.shares.user_usage)
             vos = dict(snapshot.shares.vo_usage)
             user[(job.vo, job.owner)] = user.get((job.vo, job.owner), 0.0) + weight
@@ -159,8 +189,7 @@ class MatchService:
 
     def _load(self, now: float) -> _Snapshot:
         task_queues = {tq.id: tq for tq in self.jobs.waiting_task_queues()}
-        running = self.jobs.running_cores()
-        recorded = self.jobs.usage()
+        running, recorded = self._fair_share_inputs(now)
         records = {
             key: UsageRecord(
                 core_seconds=recorded.get(key, (0.0, now))[0],

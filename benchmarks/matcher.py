@@ -221,6 +221,10 @@ RETURNING *
 """
 
 
+# An offer no job of the workload fits: its match ranks nothing and claims nothing, and answers 204 at once.
+NOTHING_FITS = {"cores": 1, "tags": ["cloudpilot-benchmark-no-job-has-this-tag"], "wait_seconds": 0}
+
+
 def _start_together(ctx, target, args: tuple, procs: int, threads: int, seconds: float) -> tuple[list, float]:
     """Start ``procs`` client processes, wait until each of their ``threads`` is connected and ready, then start
     the clock for all at once; their results and the measured seconds (the clock stops with the last one)."""
@@ -369,6 +373,12 @@ def run(backend: str, size: int, args: argparse.Namespace) -> dict[str, object]:
             if pg_name is not None:  # the ceiling, right after, on the same database and machine load
                 print(f"[{backend} {size:,}] bare PostgreSQL claim loop for {args.http_seconds} s…", flush=True)
                 row["bare"] = bare_postgresql(pg_name, args.http_seconds, args.client_procs, args.client_threads)
+                # The other bound: the same route and clients with an offer no job fits (token check, parsing,
+                # ranking, the answer; no database round trip): what the HTTP side allows at most.
+                print(f"[{backend} {size:,}] HTTP matches with nothing to claim for {args.http_seconds} s…")
+                row["http_empty"] = over_http(
+                    port, pilot_token, [NOTHING_FITS], args.http_seconds, args.client_procs, args.client_threads
+                )
             print(f"[{backend} {size:,}] bulk submission over HTTP…", flush=True)
             row["bulk"] = bulk_http(port, user_token, args.bulk_jobs)
         finally:
@@ -426,6 +436,11 @@ def print_figures(r: dict[str, object]) -> None:
         bare = float(r["bare"])  # type: ignore[arg-type]
         print(f"FIGURE {key}_bare_claim_rate={bare:.0f} claims/s")
         print(f"FIGURE {key}_http_vs_bare={h['rate'] / bare:.2f} x")  # type: ignore[index]
+    if "http_empty" in r:
+        empty = r["http_empty"]["rate"]  # type: ignore[index]
+        print(f"FIGURE {key}_http_empty_rate={empty:.0f} requests/s")
+        if "bare" in r:
+            print(f"FIGURE {key}_http_empty_vs_bare={empty / float(r['bare']):.2f} x")  # type: ignore[arg-type]
     if "round_trips" in r:
         print(f"FIGURE {key}_round_trips_per_match={r['round_trips']:.2f} round trips", flush=True)
 

@@ -332,3 +332,35 @@ os.mkdir("left-behind-" + sys.argv[1])
     spares = list((work / ".pilot" / "spare-job-dirs").iterdir())
     assert spares and all(sorted(p.name for p in s.iterdir()) == ["job.log"] for s in spares)
     assert all((s / "job.log").stat().st_size == 0 for s in spares)
+
+
+def test_the_job_in_hand_is_started_before_the_pilot_asks_for_more(tmp_path: Path) -> None:
+    """After a match brings a job, the next long poll waits until that job's payload supervisor is forked (at most
+    a few tens of ms): the request, and the server's work on it, would otherwise compete with the start."""
+    from cloudpilot.pilot import launcher
+
+    def children_of(parent: int) -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                if int(stat[stat.rfind(")") + 2 :].split()[1]) == parent:
+                    found.append(int(entry.name))
+        return found
+
+    seen: list[int] = []
+
+    class Watching(FakeTransport):
+        def match(self, offer: dict) -> dict | None:
+            if self.calls_of("match"):  # every match after the first: how many payloads run now
+                pid = launcher.shared().pid
+                seen.append(len(children_of(pid)) if pid is not None else 0)
+            return super().match(offer)
+
+    fake = Watching()
+    fake.add_job(PY, sleeper(1.0))
+    make_agent(tmp_path, fake, cores=2).run()
+    assert seen and seen[0] == 1  # the second match came with the first job's supervisor already running

@@ -111,6 +111,7 @@ class JobRunner:
         self.abort_reason: str | None = None
         self._abort = threading.Event()
         self._payload: Payload | None = None
+        self.launched = threading.Event()  # its payload has been started (or will never be)
         self._dir_ours = True  # False from the moment the job directory is the payload user's until its tree is gone
         self._outcome: Outcome | None = None
         self._cores_freed = False
@@ -176,6 +177,7 @@ class JobRunner:
             log.error("%s: local error, dropping the job: %s", label, exc)
             self.end = JobEnd.BROKEN
         finally:
+            self.launched.set()
             self._abort.set()  # a payload still running is stopped below
             self._heartbeat.stop()
             if self._events is not None:
@@ -328,11 +330,13 @@ class JobRunner:
                 user=user,
             )
         except OSError as exc:
+            self.launched.set()
             with self._features_lock:
                 self._features_live = False
             with open(log_path, "a") as f:
                 f.write(f"cloudpilot: cannot start {job.executable!r}: {exc}\n")
             return Outcome(None, start_error=str(exc))
+        self.launched.set()
         pid_record = record(self.private, payload.pid, self.features.slot)
         self._ran_from = self.clock()
         try:

@@ -47,10 +47,17 @@ def pg(fresh_pg: str) -> Iterator[Database]:
 def kill_leader_connection(url: str) -> None:
     """What a network cut or a PostgreSQL restart does to the leader's dedicated connection."""
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+        killed = conn.execute(
+            "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
             "AND pid IN (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted)"
-        )
+        ).fetchall()
+        # pg_terminate_backend only signals the backend: its locks go when it has exited, a moment later.
+        deadline = time.monotonic() + 10
+        while conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", ([pid for pid, _ in killed],)
+        ).fetchone()[0]:
+            assert time.monotonic() < deadline, "the leader's connection did not end"
+            time.sleep(0.02)
 
 
 def test_one_leader_and_a_deposed_leaders_writes_are_refused(pg: Database) -> None:

@@ -158,7 +158,7 @@ def test_a_submission_looks_each_sandbox_up_once(
     server = make_server(ServerConfig.model_validate({"storage": moto_s3.storage(moto_s3.new_bucket())}))
     user = server.client(server.token(Role.USER, "alice", vo="lhcb"))
     sandbox = user.post("/api/v1/sandboxes", content=tar_gz({"in.txt": b"x"})).json()["id"]
-    calls = calls_of(server.services.sandbox_store)
+    calls = calls_of(server.services.sandbox_store.store)  # the S3 store behind the database's small sandboxes
     job = {"executable": "/bin/true", "input_sandbox": sandbox}
     r = user.post("/api/v1/jobs", json={"job": job, "parameter_count": 1000})
     assert r.status_code == 201, r.text

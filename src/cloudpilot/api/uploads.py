@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 
 import anyio
 from fastapi import Request
@@ -12,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from cloudpilot.domain.auth import Principal
 from cloudpilot.services.container import Services
 from cloudpilot.services.errors import BadInput
-from cloudpilot.storage.base import TooLarge, sandbox_id_from
+from cloudpilot.storage.base import TooLarge, sandbox_id_of
 from cloudpilot.store.sandboxes import StoredSandbox
 
 # The body arrives in pieces of ~64 KiB; they go to storage in batches of this size from a worker thread, since
@@ -64,5 +63,4 @@ def store_inline_output(encoded: str, services: Services, principal: Principal) 
         raise BadInput(f"output is not base64: {exc}", "output") from None
     if len(raw) > services.sandbox_store.max_bytes:
         raise TooLarge(services.sandbox_store.max_bytes)
-    sandbox_id = sandbox_id_from(hashlib.sha256(raw).hexdigest())
-    return StoredSandbox(sandbox_id, len(raw), principal.token_id, content=raw)
+    return StoredSandbox(sandbox_id_of(raw), len(raw), principal.token_id, content=raw)

@@ -39,6 +39,7 @@ import json
 import os
 import resource
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -127,15 +128,9 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
-def find_executable(name: str, env: dict[str, str]) -> str:
-    """``name`` as the payload's ``PATH`` finds it (what ``execvpe`` would run); ``name`` itself if not found."""
-    if "/" in name:
-        return name
-    for directory in env.get("PATH", os.defpath).split(os.pathsep):
-        candidate = os.path.join(directory or ".", name)
-        if os.access(candidate, os.X_OK) and not os.path.isdir(candidate):
-            return candidate
-    return name
+def cannot_start(name: str, exc: OSError) -> bytes:
+    """What the payload's log says when it could not be started."""
+    return f"cloudpilot: cannot start {name!r}: {exc}\n".encode()
 
 
 def start_payload(argv: list[str], env: dict[str, str], uid: int | None, gid: int, groups: list[int],
@@ -147,7 +142,8 @@ def start_payload(argv: list[str], env: dict[str, str], uid: int | None, gid: in
         # write (measured: 1.4 ms of CPU and 1 ms of latency per payload). There is no PR_SET_PDEATHSIG on
         # this path; the launcher kills the group of a supervisor that dies by a signal instead.
         os.set_inheritable(report, False)
-        return os.posix_spawn(find_executable(argv[0], env), argv, env, setsigmask=())
+        path = shutil.which(argv[0], path=env.get("PATH", os.defpath)) or argv[0]  # as execvpe would find it
+        return os.posix_spawn(path, argv, env, setsigmask=())
     me = os.getpid()
     exec_r, exec_w = os.pipe()  # both close-on-exec: EOF on exec_r means the exec happened
     pid = os.fork()
@@ -168,7 +164,7 @@ def start_payload(argv: list[str], env: dict[str, str], uid: int | None, gid: in
             os._exit(125)
         os.execvpe(argv[0], argv, env)
     except OSError as exc:
-        os.write(2, f"cloudpilot: cannot start {argv[0]!r}: {exc}\n".encode())
+        os.write(2, cannot_start(argv[0], exc))
         os._exit(127)
     finally:
         os._exit(127)
@@ -186,7 +182,7 @@ def supervise(parent: int, report: int, request: dict) -> None:
         leader = start_payload(request["argv"], request["env"], request.get("uid"), request.get("gid", 0),
                                request.get("groups", []), report)  # fmt: skip
     except OSError as exc:
-        os.write(2, f"cloudpilot: cannot start {request['argv'][0]!r}: {exc}\n".encode())
+        os.write(2, cannot_start(request["argv"][0], exc))
         os.write(report, f"{127 << 8} 0 0\n".encode())
         os._exit(0)
     peak = peak_rss(leader)
@@ -264,14 +260,11 @@ def receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
 def reap_supervisors() -> None:
     """Reap the supervisors that have ended. One killed by a signal (the OOM killer, an operator) could not kill
     its payload: the launcher kills what is left of its process group."""
-    with contextlib.suppress(ChildProcessError):
-        while True:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-            if not pid:
-                return
-            if os.WIFSIGNALED(status):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
+    ended, _ = reap()
+    for pid, status in ended:
+        if os.WIFSIGNALED(status):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 def serve(sock_fd: int) -> None:

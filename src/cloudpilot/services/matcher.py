@@ -132,11 +132,13 @@ class MatchService:
         seen; this process's own matches are (:meth:`_charge`)."""
         with self._lock:
             inputs = self._inputs
+        fresh = None
         if inputs is None or now - inputs.read_at >= self.config.matcher.usage_seconds:
-            inputs = _FairShareInputs(now, self.jobs.running_cores(), self.jobs.usage())
-            with self._lock:
-                self._inputs = inputs
+            fresh = _FairShareInputs(now, self.jobs.running_cores(), self.jobs.usage())  # read outside the lock
         with self._lock:
+            if fresh is not None:
+                self._inputs = inputs = fresh
+            assert inputs is not None
             return dict(inputs.running), inputs.recorded
 
     def _charge(self, snapshot: _Snapshot, job: Job) -> None:

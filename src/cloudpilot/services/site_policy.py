@@ -46,6 +46,7 @@ class SitePolicy:
         self.config, self.sites, self.matcher = config, sites, matcher
         self._figures: _Figures | None = None
         self._lock = threading.Lock()
+        self._pledged_sites = {name for name, s in config.sites.items() if s.pledges}
 
     def check(
         self, vo: str | None, site: str | None, seconds_left: int | None, deadline: float | None, now: float
@@ -99,10 +100,9 @@ class SitePolicy:
                 return self._figures
             # Only pledges need the cores held per site: counting them reads every matched and running job
             # (most of a busy server's time spent on this check when it was read with no pledge to use it).
-            pledged = any(s.pledges for s in self.config.sites.values())
             figures = _Figures(
                 read_at=read_at,
-                running=self.sites.running_cores() if pledged else {},
+                running=self.sites.running_cores() if self._pledged_sites else {},
                 switches=self.sites.vo_switches(),
                 waiting_vos=self._waiting_vos(now),
             )
@@ -111,12 +111,11 @@ class SitePolicy:
 
     def _waiting_vos(self, now: float) -> dict[str, set[str]]:
         """Per site with pledges, the VOs whose waiting jobs may run there."""
-        pledged = {name for name, s in self.config.sites.items() if s.pledges}
-        found: dict[str, set[str]] = {site: set() for site in pledged}
-        if not pledged:
+        found: dict[str, set[str]] = {site: set() for site in self._pledged_sites}
+        if not found:
             return found
         for tq in self.matcher.waiting_task_queues(now):  # the matcher's snapshot: no query of its own
-            for site in pledged:
+            for site in self._pledged_sites:
                 if site in tq.sites_deny or (tq.sites_allow and site not in tq.sites_allow):
                     continue
                 found[site].add(tq.vo)

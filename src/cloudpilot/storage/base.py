@@ -9,6 +9,7 @@ StorageError
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Iterator
 from typing import Protocol
@@ -47,6 +48,11 @@ def valid_sandbox_id(sandbox_id: str) -> bool:
 def sandbox_id_from(hexdigest: str) -> str:
     """The id of the sandbox whose SHA-256 is ``hexdigest``."""
     return f"sha256:{hexdigest}"
+
+
+def sandbox_id_of(data: bytes) -> str:
+    """The id of a sandbox held whole in memory."""
+    return sandbox_id_from(hashlib.sha256(data).hexdigest())
 
 
 def digest_of(sandbox_id: str) -> str:

@@ -127,11 +127,13 @@ def read_starts(starts: Path, names: list[str], deadline: float) -> dict[str, fl
         time.sleep(POLL_SECONDS)
 
 
-def group_cpu(pgids: list[int]) -> float:
-    """CPU seconds of every live process in these process groups, with the children they have waited for
-    (a payload's time is in its pilot's or its prefork child's ``cutime`` once it has ended)."""
+def tree_cpu(roots: list[int]) -> float:
+    """CPU seconds of these processes and every live descendant, each with the children it has waited for (an
+    ended payload's time is in its supervisor's or its prefork child's ``cutime``; a supervisor kept for the next
+    payload, or a prefork child, is counted while it lives)."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    parent: dict[int, int] = {}
+    times: dict[int, int] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -139,9 +141,23 @@ def group_cpu(pgids: list[int]) -> float:
             fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if int(fields[2]) in pgids:
-            total += sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
-    return total / tick
+        parent[int(entry)] = int(fields[1])
+        times[int(entry)] = sum(int(x) for x in fields[11:15])  # utime, stime, cutime, cstime
+    inside = set(roots)
+    for pid in parent:
+        if pid not in inside and _descends(pid, parent, inside):
+            inside.add(pid)
+    return sum(times.get(pid, 0) for pid in inside) / tick
+
+
+def _descends(pid: int, parent: dict[int, int], roots: set[int]) -> bool:
+    seen = 0
+    while pid in parent and seen < 64:  # up its ancestors (bounded: a pid reused mid-scan could loop)
+        pid = parent[pid]
+        if pid in roots:
+            return True
+        seen += 1
+    return False
 
 
 def self_cpu() -> float:
@@ -229,7 +245,7 @@ def run_cloudpilot(args: argparse.Namespace, work: Path) -> Result:
         burst = work / "cp-burst"
         burst.mkdir()
         doc = {"job": job("{n}", burst), "parameter_count": args.jobs}
-        cpu0 = self_cpu(), group_cpu([p.pid for p in pilots])
+        cpu0 = self_cpu(), tree_cpu([p.pid for p in pilots])
         t0 = time.time()
         r = user.post("/api/v1/jobs", json=doc)
         r.raise_for_status()
@@ -238,7 +254,7 @@ def run_cloudpilot(args: argparse.Namespace, work: Path) -> Result:
         result.total_s = time.time() - t0
         result.cpu = {
             "server and submitter (one process)": self_cpu() - cpu0[0],
-            "pilots and payloads": group_cpu([p.pid for p in pilots]) - cpu0[1],
+            "pilots and payloads": tree_cpu([p.pid for p in pilots]) - cpu0[1],
         }
         result.jobs = args.jobs
         result.failed = counts.get("failed", 0) + counts.get("killed", 0)
@@ -351,7 +367,7 @@ def run_celery(args: argparse.Namespace, work: Path) -> Result:
         burst.mkdir()
         submitted: list[float] = []
         results: list[AsyncResult] = []
-        cpu0 = self_cpu(), group_cpu([worker.pid]), redis_cpu(db)
+        cpu0 = self_cpu(), tree_cpu([worker.pid]), redis_cpu(db)
         t0 = time.time()
         for i in range(args.jobs):
             submitted.append(time.time())
@@ -361,7 +377,7 @@ def run_celery(args: argparse.Namespace, work: Path) -> Result:
         result.total_s = time.time() - t0
         result.cpu = {
             "submitter": self_cpu() - cpu0[0],
-            "worker and payloads": group_cpu([worker.pid]) - cpu0[1],
+            "worker and payloads": tree_cpu([worker.pid]) - cpu0[1],
             "Redis": redis_cpu(db) - cpu0[2],
         }
         result.jobs = args.jobs

@@ -116,7 +116,8 @@ def test_wall_time_exceeded_kills_the_whole_group_including_a_grandchild(tmp_pat
     assert (outcome.state, outcome.exit_code, outcome.reason) == ("failed", None, "wall time exceeded")
     assert outcome.wall_exceeded
     assert wait_for(lambda: not procfs.alive(grandchild), timeout=5), "the grandchild survived the wall-time kill"
-    assert procfs.group_members(payload.pid) == []
+    # nothing of the payload is left in its group; the supervisor lives on for the pilot's next payload
+    assert [m.pid for m in procfs.group_members(payload.pid) if m.pid != payload.pid] == []
 
 
 def test_progress_file_is_read_and_trimmed_and_abort_stops_the_payload(tmp_path: Path) -> None:
@@ -136,12 +137,14 @@ def test_progress_file_is_read_and_trimmed_and_abort_stops_the_payload(tmp_path:
     assert wait_for(lambda: payload.progress() == "x" * 200)
     usage = payload.sample()
     assert usage.max_rss_bytes > 0
+    leader = procfs.first_child(payload.pid)
+    assert leader is not None and procfs.alive(leader)
 
     abort = threading.Event()
     abort.set()
     outcome = supervise(payload, wall_seconds=None, abort=abort, grace=1.0)
     assert outcome.aborted and outcome.state == "failed"
-    assert not procfs.alive(payload.pid)
+    assert not procfs.alive(leader)
 
 
 def test_a_payload_that_cannot_start_raises_oserror(tmp_path: Path) -> None:
@@ -216,3 +219,78 @@ def test_a_file_that_cannot_be_executed_fails_the_job_with_the_reason_in_its_log
     outcome = run(Payload.start([str(script)], cwd=job_dir, env=dict(os.environ), log_path=job_dir / JOB_LOG))
     assert (outcome.state, outcome.exit_code) == ("failed", 127)
     assert f"cannot start {str(script)!r}" in (job_dir / JOB_LOG).read_text()
+
+
+def own_start(launcher: Launcher, job_dir: Path, code: str, *args: str) -> Payload:
+    job_dir.mkdir(exist_ok=True)
+    argv = [sys.executable, "-c", textwrap.dedent(code), *args]
+    return Payload.start(argv, cwd=job_dir, env=dict(os.environ), log_path=job_dir / JOB_LOG, launcher=launcher)
+
+
+def test_a_supervisor_runs_the_next_payload_and_counts_only_that_payloads_cpu(tmp_path: Path) -> None:
+    launcher = Launcher()
+    try:
+        busy = own_start(
+            launcher,
+            tmp_path / "a",
+            "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass",
+        )
+        first = run(busy)
+        assert first.state == "done" and first.usage.cpu_seconds >= 0.25
+        time.sleep(0.3)  # its supervisor tells the launcher it is free again
+        idle = own_start(launcher, tmp_path / "b", "print('second')")
+        second = run(idle)
+        assert idle.pid == busy.pid  # the same supervisor, no fork of a new one
+        assert second.state == "done" and "second" in (tmp_path / "b" / JOB_LOG).read_text()
+        assert second.usage.cpu_seconds < 0.2  # not the first payload's 0.3 s again
+        assert "second" not in (tmp_path / "a" / JOB_LOG).read_text()  # each payload writes to its own log
+    finally:
+        launcher.close()
+
+
+def test_a_supervisor_is_given_another_payload_only_after_the_pilot_has_read_its_report(tmp_path: Path) -> None:
+    """Until the pilot has read a payload's report it may still signal that payload's process group (a wall time,
+    a kill): the group must not hold another payload by then, and a stale handle must never reach the next one."""
+    launcher = Launcher()
+    try:
+        marker = tmp_path / "a-ran"
+        first = own_start(launcher, tmp_path / "a", "import sys; open(sys.argv[1], 'w').write('x')", str(marker))
+        assert wait_for(lambda: marker.exists() and procfs.first_child(first.pid) is None)  # ended, not yet read
+        second = own_start(launcher, tmp_path / "b", "import time; time.sleep(60)")
+        assert second.pid != first.pid  # the first one's supervisor is still held by its unread report
+
+        assert run(first).state == "done"  # read: the supervisor is released
+        time.sleep(0.3)
+        pid_file = tmp_path / "c.pid"
+        third = own_start(
+            launcher,
+            tmp_path / "c",
+            "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)",
+            str(pid_file),
+        )
+        assert third.pid == first.pid
+        assert wait_for(lambda: pid_file.exists() and pid_file.read_text() != "")
+        leader = int(pid_file.read_text())
+        first.signal_group(signal.SIGKILL)  # the first payload's handle, used late: nothing happens
+        assert first.stop(grace=0.1) == 0
+        time.sleep(0.2)
+        assert procfs.alive(leader) and third.poll() is None
+        for payload in (second, third):
+            stopped = threading.Event()
+            stopped.set()
+            assert supervise(payload, wall_seconds=None, abort=stopped, grace=1.0).aborted
+        assert not procfs.alive(leader)
+    finally:
+        launcher.close()
+
+
+def test_idle_supervisors_end_with_their_launcher(tmp_path: Path) -> None:
+    launcher = Launcher()
+    payload = own_start(launcher, tmp_path / "a", "print('done')")
+    assert run(payload).state == "done"
+    time.sleep(0.3)
+    assert procfs.alive(payload.pid)  # idle, kept for the next payload
+    assert launcher.pid is not None
+    os.kill(launcher.pid, signal.SIGKILL)
+    assert wait_for(lambda: not procfs.alive(payload.pid), timeout=5), "an idle supervisor outlived its launcher"
+    launcher.close()

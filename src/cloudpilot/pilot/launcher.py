@@ -1,8 +1,9 @@
 """The pilot's side of the payload launcher (:mod:`cloudpilot.pilot.supervisor`): one long-lived process per
-pilot that forks a supervisor for each payload, instead of a fresh interpreter per payload.
+pilot that hands each payload to a supervisor it forked (and keeps for the next payload once this one is over),
+instead of a fresh interpreter per payload.
 
-The launcher is started on first use and again if it has died; a request is serialized with a lock (it takes a
-fork, well under a millisecond), so job threads may call :meth:`Launcher.spawn` at the same time.
+The launcher is started on first use and again if it has died; a request is serialized with a lock (it takes at
+most a fork, well under a millisecond), so job threads may call :meth:`Launcher.spawn` at the same time.
 """
 
 from __future__ import annotations
@@ -50,13 +51,11 @@ class Launcher:
         """Start a supervised payload; the supervisor's pid (its process group and session id)."""
         request = {"argv": list(argv), "env": dict(env), "cwd": cwd, "uid": uid, "gid": gid, "groups": list(groups)}
         body = json.dumps(request).encode()
-        message = supervisor.HEADER.pack(len(body)) + body
         with self._lock:
             for _attempt in (1, 2):  # a launcher found dead is replaced once
                 sock = self._running()
                 try:
-                    sent = socket.send_fds(sock, [message[:4096]], [log_fd, report_fd])
-                    sock.sendall(message[sent:])
+                    supervisor.send(sock, body, [log_fd, report_fd])
                     answer = _read_exactly(sock, supervisor.PID.size)
                 except OSError:
                     answer = b""

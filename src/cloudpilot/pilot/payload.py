@@ -90,7 +90,8 @@ class Outcome:
 
 class Payload:
     """A running payload: its supervisor's pid (the id of the payload's process group and session) and the pipe on
-    which the supervisor reports how the payload ended."""
+    which the supervisor reports how the payload ended. Closing that pipe after the report releases the
+    supervisor, whose group may then hold another payload: from then on nothing here reads or signals it."""
 
     def __init__(self, pid: int, report: int, progress_file: Path | None = None) -> None:
         self.pid = pid
@@ -169,21 +170,22 @@ class Payload:
 
     def sample(self) -> Usage:
         """Look at every live process of the group now (but the supervisor); the usage so far (monotonic)."""
-        members = [m for m in procfs.group_members(self.pid) if m.pid != self.pid]
-        cpu = sum(m.cpu_seconds for m in members)
-        rss = sum(m.rss_bytes for m in members)
-        peak = max((procfs.peak_rss_bytes(m.pid) for m in members), default=0)
         with self._lock:
-            self._cpu = max(self._cpu, cpu)
-            self._rss = max(self._rss, rss, peak)
+            if self._report is not None:  # once reported, the group may be the next payload's (see signal_group)
+                members = [m for m in procfs.group_members(self.pid) if m.pid != self.pid]
+                cpu = sum(m.cpu_seconds for m in members)
+                rss = sum(m.rss_bytes for m in members)
+                peak = max((procfs.peak_rss_bytes(m.pid) for m in members), default=0)
+                self._cpu = max(self._cpu, cpu)
+                self._rss = max(self._rss, rss, peak)
         return self.usage()
 
     def sample_leader(self) -> None:
         """Cheaply note the leader's memory high-water mark (the supervisor's child: two small files)."""
-        leader = procfs.first_child(self.pid)
-        peak = procfs.peak_rss_bytes(leader) if leader is not None else 0
         with self._lock:
-            self._rss = max(self._rss, peak)
+            if self._report is not None:
+                leader = procfs.first_child(self.pid)
+                self._rss = max(self._rss, procfs.peak_rss_bytes(leader) if leader is not None else 0)
 
     def usage(self) -> Usage:
         with self._lock:
@@ -206,12 +208,17 @@ class Payload:
         return text[:limit] or None
 
     def signal_group(self, sig: int) -> None:
-        """Send ``sig`` to the process group and to any stray member of the session."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, sig)
-        for member in procfs.group_members(self.pid):
+        """Send ``sig`` to the process group and to any stray member of the session, unless the supervisor has
+        reported: it has killed the payload's whole tree then, and closing the report pipe released its group to
+        the next payload (the lock keeps the two apart)."""
+        with self._lock:
+            if self._reported:
+                return
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(member.pid, sig)
+                os.killpg(self.pid, sig)
+            for member in procfs.group_members(self.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(member.pid, sig)
 
     def stop(self, grace: float) -> int:
         """SIGTERM the group, SIGKILL whatever is left after ``grace`` seconds; the leader's return code.
@@ -230,7 +237,7 @@ class Payload:
         return self._reap()
 
     def _group_held(self) -> bool:
-        return self.poll() is None or bool(procfs.group_members(self.pid))
+        return self.poll() is None or (not self._reported and bool(procfs.group_members(self.pid)))
 
     def kill_leftovers(self) -> None:
         """After the leader has exited: SIGKILL what it left running in its group (daemonized children). A

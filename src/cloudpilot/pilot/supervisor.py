@@ -1,12 +1,13 @@
-"""The payload launcher and its per-payload supervisors: the processes between the pilot and its payloads, so
-each payload's whole process tree dies with the pilot, however the pilot ends (SIGKILL included).
+"""The payload launcher and its supervisors: the processes between the pilot and its payloads, so each
+payload's whole process tree dies with the pilot, however the pilot ends (SIGKILL included).
 
 The pilot starts this file once, as the *launcher* (``python -I -S -c SOURCE serve FD``: it must stay
 self-contained, standard library only, no ``cloudpilot`` import). The launcher is a small single-threaded process
-that forks a *supervisor* for each payload the pilot asks for on the socket ``FD``: a fork of a running
-interpreter costs about a millisecond where a fresh interpreter per payload cost some 20 ms of CPU. It lives as
-long as the pilot: the pilot's end of the socket closes when the pilot ends, however it ends, and the launcher
-then exits at once.
+that hands each payload the pilot asks for on the socket ``FD`` to a *supervisor*: an idle one if it has one,
+else a new fork of itself. A supervisor runs one payload at a time and is kept for the next one: forking one per
+payload cost 2-4 ms of CPU (page-table copy, copy-on-write faults, the exit's teardown), three times the
+payload's own exec. The launcher lives as long as the pilot: the pilot's end of the socket closes when the pilot
+ends, however it ends, and the launcher then exits at once; idle supervisors end with it.
 
 A request is a length-prefixed JSON object (argv, environment, directory, uid, gid, groups) with two file
 descriptors attached: the payload's log (its stdout and stderr) and the write end of a *report* pipe. The answer
@@ -23,11 +24,16 @@ is the supervisor's pid, which is also its session and process group id. Each su
   by the launcher;
 * when its parent is gone: SIGKILLs every descendant and exits; when the payload's leader exits: SIGKILLs what it
   left behind and writes ``STATUS CPU PEAK`` to the report pipe: the leader's wait status, the CPU seconds of the
-  payload's tree (every process it waited for) and the leader's memory high-water mark (``VmHWM``), measured as
-  soon as it has exec'd and at every wake-up, so a payload that ends within milliseconds is measured too.
+  payload's tree (every process it waited for, this payload's only) and the leader's memory high-water mark
+  (``VmHWM``), measured as soon as it has exec'd and at every wake-up, so a payload that ends within
+  milliseconds is measured too;
+* then waits until the pilot closes its end of the report pipe (the pilot has read the report and will neither
+  signal nor sample this process group again), and only then tells the launcher it is free: a pilot late to
+  stop a payload that has just ended can never reach the next one.
 
 A SIGTERM while the pilot lives is the pilot stopping the job: it went to the whole group, the payload got it
-too, and the supervisor waits for the leader as usual.
+too, and the supervisor waits for the leader as usual (a SIGKILL to the group ends the supervisor too; the
+launcher forks another when needed).
 """
 
 from __future__ import annotations
@@ -46,12 +52,15 @@ import struct
 import sys
 
 PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
 PR_SET_CHILD_SUBREAPER = 36
 POLL_SECONDS = 0.2
 WATCHED = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 HEADER = struct.Struct("!I")  # the length of a request's JSON
 PID = struct.Struct("!i")  # the answer: the supervisor's pid, or -errno when it could not be forked
 MAX_REQUEST = 64 * 1024 * 1024
+READY = b"r"  # a supervisor to its launcher: released by the pilot, it can take another payload
+MAX_IDLE = 64  # idle supervisors kept; one released beyond that ends
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -59,6 +68,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 def prctl(option: int, value: int) -> None:
     if _libc.prctl(option, value, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), f"prctl({option}) failed")
+
+
+def name_process(name: bytes) -> None:
+    """Set what ``ps -o comm``, ``top`` and ``perf`` show for this process (at most 15 bytes)."""
+    _libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
 
 
 # --- the supervisor: one payload ---------------------------------------------------------------------------
@@ -170,21 +184,22 @@ def start_payload(argv: list[str], env: dict[str, str], uid: int | None, gid: in
         os._exit(127)
 
 
+def children_cpu() -> float:
+    """CPU seconds of every child this process has waited for, since it started."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def supervise(parent: int, report: int, request: dict) -> None:
-    """The supervisor's life (in the forked child of the launcher): start the payload, wait for it, report."""
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
-    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    prctl(PR_SET_CHILD_SUBREAPER, 1)
-    if os.getppid() != parent:  # the launcher died before the line above
-        os._exit(137)
+    """Run one payload to its end and write its report: start it, wait for its leader, kill what it left."""
+    before = children_cpu()  # this supervisor may have run payloads before: count this one's tree only
     try:
         leader = start_payload(request["argv"], request["env"], request.get("uid"), request.get("gid", 0),
                                request.get("groups", []), report)  # fmt: skip
     except OSError as exc:
         os.write(2, cannot_start(request["argv"][0], exc))
         os.write(report, f"{127 << 8} 0 0\n".encode())
-        os._exit(0)
+        return
     peak = peak_rss(leader)
     while True:
         if os.getppid() != parent:
@@ -194,40 +209,88 @@ def supervise(parent: int, report: int, request: dict) -> None:
         for pid, status in ended:
             if pid == leader:
                 kill_all()
-                usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # the payload's whole tree, reaped here
-                cpu = usage.ru_utime + usage.ru_stime
+                cpu = children_cpu() - before
                 with contextlib.suppress(OSError):
                     os.write(report, f"{status} {cpu:.3f} {peak}\n".encode())
-                os._exit(0)
+                return
         signal.sigtimedwait(WATCHED, POLL_SECONDS)
         peak = max(peak, peak_rss(leader))
 
 
-def become_supervisor(launcher: int, sock: socket.socket, wake: int, fds: list[int], request: dict) -> None:
-    """In the launcher's fresh fork: a session of its own, the payload's directory and log, then :func:`supervise`.
-    Never returns."""
-    log_fd, report = fds
-    gc.disable()  # a collection would write to every object's header: a copy of each page the launcher shares
+def released(parent: int, report: int) -> bool:
+    """Wait until the pilot has closed its end of the report pipe: it has read the report and will signal this
+    process group no more, so the group may hold another payload. False if the launcher has gone meanwhile."""
+    poller = select.poll()
+    poller.register(report, 0)  # a pipe's writer gets POLLERR once no reader is left
+    while not poller.poll(POLL_SECONDS * 1000):
+        if os.getppid() != parent:
+            return False
+    return True
+
+
+def run_one(parent: int, request: dict, log_fd: int, report: int) -> None:
+    """One payload, in its directory with its log as stdout and stderr; back to an idle state after it."""
     try:
-        sock.close()
-        os.close(wake)
+        os.dup2(log_fd, 1)
+        os.dup2(log_fd, 2)
+        os.close(log_fd)
+        os.chdir(request["cwd"])
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.write(2, f"cloudpilot: cannot supervise the payload: {exc}\n".encode())
+            os.write(report, f"{127 << 8} 0 0\n".encode())
+    else:
+        supervise(parent, report, request)
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 1)  # the job's log is not held open between payloads
+    os.dup2(null, 2)
+    os.close(null)
+    os.chdir("/")
+
+
+def serve_payloads(parent: int, sock: socket.socket) -> None:
+    """A supervisor's life: one payload at a time, each handed over by the launcher on ``sock``; after each, wait
+    for the pilot to release the group, then say ``READY``. Ends when the launcher closes its end or dies."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    signal.pthread_sigmask(signal.SIG_BLOCK, WATCHED)
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if os.getppid() != parent:  # the launcher died before the line above
+        os._exit(137)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.close(null)
+    while True:
+        received = receive(sock)
+        if received is None:
+            os._exit(0)
+        body, fds = received
+        if len(fds) != 2:
+            os._exit(127)
+        log_fd, report = fds
+        run_one(parent, json.loads(body), log_fd, report)
+        free = released(parent, report)
+        os.close(report)
+        if not free:
+            os._exit(0)
+        sock.sendall(READY)
+
+
+def become_supervisor(launcher: int, sock: socket.socket, inherited: list[int]) -> None:
+    """In the launcher's fresh fork: its own name and session, then :func:`serve_payloads`. Never returns."""
+    name_process(b"cp-supervisor")
+    try:
+        for fd in inherited:  # the launcher's: its pilot socket, wake-up pipe, other supervisors' sockets
+            os.close(fd)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the launcher's, not ours
             signal.signal(sig, signal.SIG_DFL)
         os.setsid()
-        os.chdir(request["cwd"])
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        for fd in (null, log_fd):
-            if fd > 2:
-                os.close(fd)
-        supervise(launcher, report, request)
+        serve_payloads(launcher, sock)
     except BaseException as exc:  # nothing may return into the launcher's loop
         with contextlib.suppress(OSError):
-            os.write(2, f"cloudpilot: cannot supervise the payload: {exc}\n".encode())
-            os.write(report, f"{127 << 8} 0 0\n".encode())
+            os.write(2, f"cloudpilot: the payload supervisor failed: {exc}\n".encode())
     finally:
         os._exit(127)
 
@@ -235,10 +298,19 @@ def become_supervisor(launcher: int, sock: socket.socket, wake: int, fds: list[i
 # --- the launcher: one per pilot ---------------------------------------------------------------------------
 
 
-def receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
-    """The next request and its file descriptors; ``None`` when the pilot has closed its end."""
+def send(sock: socket.socket, body: bytes, fds: list[int]) -> None:
+    """Send a request: its length, its body and, with its first bytes, the file descriptors ``fds``."""
+    message = HEADER.pack(len(body)) + body
+    sent = socket.send_fds(sock, [message[:4096]], fds)
+    sock.sendall(message[sent:])
+
+
+def receive(sock: socket.socket) -> tuple[bytes, list[int]] | None:
+    """The next request's body and its file descriptors; ``None`` when the other end has closed."""
     data, fds, _, _ = socket.recv_fds(sock, HEADER.size, 2)
     if not data:
+        for fd in fds:
+            os.close(fd)
         return None
     while len(data) < HEADER.size:
         more = sock.recv(HEADER.size - len(data))
@@ -254,7 +326,7 @@ def receive(sock: socket.socket) -> tuple[dict, list[int]] | None:
         if not more:
             return None
         body += more
-    return json.loads(body), list(fds)
+    return bytes(body), list(fds)
 
 
 def reap_supervisors() -> None:
@@ -267,8 +339,64 @@ def reap_supervisors() -> None:
                 os.killpg(pid, signal.SIGKILL)
 
 
+class Supervisors:
+    """The launcher's supervisors: each one's socket, and those idle (released by the pilot, waiting for work)."""
+
+    def __init__(self, launcher: int, inherited: list[int]) -> None:
+        self.launcher = launcher
+        self.inherited = inherited  # what a new supervisor must close: the launcher's own descriptors
+        self.pids: dict[socket.socket, int] = {}
+        self.idle: list[socket.socket] = []
+
+    def hand_over(self, body: bytes, fds: list[int]) -> int:
+        """Give a payload to an idle supervisor, or to a new one; its pid (``OSError`` if none could be forked)."""
+        while self.idle:
+            sock = self.idle.pop()
+            try:
+                send(sock, body, fds)
+                return self.pids[sock]
+            except OSError:  # it has just died: its end-of-file has not been read yet
+                self.drop(sock)
+        sock = self.fork()
+        send(sock, body, fds)
+        return self.pids[sock]
+
+    def fork(self) -> socket.socket:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            pid = os.fork()
+        except OSError:
+            mine.close()
+            theirs.close()
+            raise
+        if pid == 0:
+            become_supervisor(self.launcher, theirs, [*self.inherited, *(s.fileno() for s in self.pids), mine.fileno()])
+        theirs.close()
+        self.pids[mine] = pid
+        return mine
+
+    def heard(self, sock: socket.socket) -> None:
+        """A supervisor's socket is readable: it is idle again, or it has ended."""
+        try:
+            said = sock.recv(64)
+        except OSError:
+            said = b""
+        if not said:
+            self.drop(sock)
+        elif len(self.idle) < MAX_IDLE:
+            self.idle.append(sock)
+        else:  # enough are idle: closing its socket ends it
+            self.drop(sock)
+
+    def drop(self, sock: socket.socket) -> None:
+        if sock in self.idle:
+            self.idle.remove(sock)
+        self.pids.pop(sock, None)
+        sock.close()
+
+
 def serve(sock_fd: int) -> None:
-    """Fork a supervisor per request until the pilot's end of the socket closes; reap them as they end."""
+    """Hand each payload the pilot asks for to a supervisor until the pilot's end of the socket closes."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the launcher ends with its pilot, not before
         signal.signal(sig, signal.SIG_IGN)
     wake_r, wake_w = os.pipe()
@@ -276,26 +404,28 @@ def serve(sock_fd: int) -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)  # only to wake the select below through the wakeup fd
     sock = socket.socket(fileno=sock_fd)
-    me = os.getpid()
-    gc.freeze()  # its collections leave these objects alone: their pages stay shared with running supervisors
+    name_process(b"cp-launcher")
+    supervisors = Supervisors(os.getpid(), [sock_fd, wake_r, wake_w])
+    gc.freeze()  # its collections leave these objects alone: their pages stay shared with the supervisors
     while True:
-        readable, _, _ = select.select([sock, wake_r], [], [], 1.0)
+        readable, _, _ = select.select([sock, wake_r, *supervisors.pids], [], [], 1.0)
         if wake_r in readable:
             with contextlib.suppress(BlockingIOError):
                 os.read(wake_r, 4096)
         reap_supervisors()
+        for ready in readable:
+            if ready in supervisors.pids:
+                supervisors.heard(ready)
         if sock not in readable:
             continue
         received = receive(sock)
         if received is None:
             os._exit(0)
-        request, fds = received
+        body, fds = received
         try:
             if len(fds) != 2:
                 raise OSError(0, f"{len(fds)} file descriptors with the request, not 2")
-            pid = os.fork()
-            if pid == 0:
-                become_supervisor(me, sock, wake_r, fds, request)
+            pid = supervisors.hand_over(body, fds)
         except OSError as exc:
             pid = -(exc.errno or 1)
         finally:

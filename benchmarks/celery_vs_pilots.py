@@ -99,6 +99,7 @@ class Result:
     submit_s: float = float("nan")
     dispatch: list[float] = field(default_factory=list)  # burst: payload start - submit, seconds
     idle_dispatch: list[float] = field(default_factory=list)
+    idle_submit: list[float] = field(default_factory=list)  # how long each idle job's submission call took
     failed: int = 0
     note: str = ""
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds spent during the burst, by whom
@@ -235,6 +236,7 @@ def run_cloudpilot(args: argparse.Namespace, work: Path) -> Result:
             n = str(i)
             t_submit = time.time()
             r = user.post("/api/v1/jobs", json=job(n, idle))
+            result.idle_submit.append(time.time() - t_submit)
             r.raise_for_status()
             start = read_starts(idle, [n], time.time() + 60).get(n)
             if start is None:
@@ -357,6 +359,7 @@ def run_celery(args: argparse.Namespace, work: Path) -> Result:
             n = str(i)
             t_submit = time.time()
             r = task.apply_async((payload(idle, n),))
+            result.idle_submit.append(time.time() - t_submit)
             start = read_starts(idle, [n], time.time() + 60).get(n)
             if start is None:
                 raise RuntimeError("celery: an idle-dispatch task did not start within 60 s")
@@ -421,6 +424,12 @@ def report(results: list[Result], args: argparse.Namespace) -> None:
             steps = ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in r.phases.items())
             print(f"  a cloudpilot job, median of its steps: {steps}; a slot is taken {r.slots / r.rate * 1e3:.0f} ms"
                   " per job at this rate")  # fmt: skip
+    for r in results:
+        if r.idle_dispatch and r.idle_submit:
+            submit = percentile(r.idle_submit, 0.5)
+            after = percentile(r.idle_dispatch, 0.5) - submit
+            print(f"{r.system} idle dispatch, median: the submission call returned after {submit * 1e3:.1f} ms, the"
+                  f" payload started {after * 1e3:.1f} ms after that")  # fmt: skip
     for r in results:
         if len(r.dispatch) < r.jobs:
             print(f"warning: {r.system}: {r.jobs - len(r.dispatch)} payloads left no start time")

@@ -45,6 +45,26 @@ def test_submit_keeps_order_and_groups_task_queues(db: Database) -> None:
     assert [(e.from_state, e.to_state) for e in repo.history(ids[1])] == [(None, JobState.WAITING)]
 
 
+def test_a_single_job_is_stored_as_the_same_job_in_a_list_is(db: Database) -> None:
+    """One job per submission takes statements compiled once; a list takes the bulk statements: same rows."""
+    repo = JobRepository(db)
+    one = spec(name="same", arguments=["a b"], requirements={"cores": 2, "tags": ["x"]}, priority=3)
+    (alone,) = repo.submit("lhcb", "alice", [one], NOW, WALL)
+    (again,) = repo.submit("lhcb", "alice", [one], NOW + 1, WALL)  # the class exists: it is found, not made
+    listed = repo.submit("lhcb", "alice", [one, spec(name="other")], NOW + 2, WALL)[0]
+    jobs = [repo.get(i) for i in (alone, again, listed)]
+    classes = repo.waiting_task_queues()
+    assert len(classes) == 2  # "same" (all three jobs) and "other"
+    assert all(j.spec == one for j in jobs)
+    assert {(j.state, j.cores, j.priority, j.attempts, j.events_done) for j in jobs} == {(JobState.WAITING, 2, 3, 0, 0)}
+    for job_id, at in ((alone, NOW), (listed, NOW + 2)):
+        (event,) = repo.history(job_id)
+        assert (event.from_state, event.to_state, event.reason, event.at) == (None, JobState.WAITING, "submitted", at)
+    (same,) = [tq for tq in classes if tq.cores == 2]
+    claimed = repo.claim(same.id, "p1", NOW + 3, lease_seconds=90)
+    assert claimed is not None and claimed.id == alone  # the oldest of its class first, as always
+
+
 def test_claim_reports_and_history(db: Database) -> None:
     repo = JobRepository(db)
     (job_id,) = repo.submit("lhcb", "alice", [spec()], NOW, WALL)

@@ -86,10 +86,15 @@ class JobRepository:
                     "submitted_at": now,
                     "updated_at": now,
                     "kill_requested": False,
+                    "events_done": 0,
                 }
                 for spec, tq_id in zip(specs, tq_ids, strict=True)
             ]
             ids = self._insert_jobs(conn, rows)
+            if len(ids) == 1:  # the usual submission: a statement compiled once, as a job's every later move
+                event = {"job_id": ids[0], "at": now, "from_state": None, "to_state": JobState.WAITING.value}
+                self.db.statements("job_event", job_event_insert).run(conn, {**event, "reason": "submitted"})
+                return ids, classes
             # One statement writes every history row; the ids are a contiguous run on SQLite (one writer)
             # and an explicit array on PostgreSQL (concurrent submissions may interleave the sequence).
             chosen = (
@@ -109,7 +114,17 @@ class JobRepository:
 
     def _insert_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[int]:
         """Insert rows and return their ids in order. On PostgreSQL the ids are reserved from the sequence and
-        the rows sent with COPY: building and parsing multi-row INSERTs costs more than the database's work."""
+        the rows sent with COPY: building and parsing multi-row INSERTs costs more than the database's work. One
+        row (most submissions) goes through an INSERT compiled once: building the statement per call cost more
+        than running it."""
+        if len(rows) == 1:
+            columns = tuple(rows[0])
+            stmt = self.db.statements(
+                ("insert_returning_id", "jobs", columns), lambda: insert_of(jobs, columns).returning(jobs.c.id)
+            )
+            inserted = stmt.first(conn, rows[0])
+            assert inserted is not None
+            return [inserted["id"]]
         if not self.db.is_postgres:
             result = conn.execute(insert(jobs).returning(jobs.c.id, sort_by_parameter_order=True), rows)
             return [r[0] for r in result]
@@ -168,8 +183,10 @@ class JobRepository:
         classes = [task_queue_from_row({**row, "id": known[key]}) for key, row in new.items()]
         return [known[k] for k in keys], classes
 
-    @staticmethod
-    def _lookup_task_queues(conn: Connection, keys: list[str]) -> dict[str, int]:
+    def _lookup_task_queues(self, conn: Connection, keys: list[str]) -> dict[str, int]:
+        if len(keys) == 1:  # one class: a statement compiled once
+            found = self.db.statements("task_queue_by_key", _task_queue_by_key).first(conn, {"key": keys[0]})
+            return {} if found is None else {found["key"]: found["id"]}
         rows = conn.execute(select(task_queues.c.key, task_queues.c.id).where(task_queues.c.key.in_(keys)))
         return {key: tq_id for key, tq_id in rows}
 
@@ -621,3 +638,7 @@ def _default_reason(target: JobState, exit_code: int | None) -> str:
     if target is JobState.DONE:
         return "payload exited with code 0"
     return f"exit code {exit_code}" if exit_code is not None else "failed"
+
+
+def _task_queue_by_key() -> Any:
+    return select(task_queues.c.key, task_queues.c.id).where(task_queues.c.key == bindparam("key"))

@@ -131,6 +131,27 @@ def test_slow_request_heads_and_idle_connections_are_closed(server: RunningServe
         assert _closed_within(idle, 3)  # keep-alive ends after server.keep_alive_seconds
 
 
+def test_a_request_served_longer_than_the_head_timeout_still_gets_its_answer(server: RunningServer) -> None:
+    """The head timeout bounds the arrival of a request's head, not the serving of the request: a long poll (or a
+    large submission) that outlasts it is answered, on the connection it came on."""
+    from tests.test_api import register
+
+    pilot = server.client(server.token(Role.PILOT, vo="lhcb"))
+    pilot_id = register(pilot)
+    started = time.perf_counter()
+    answer = pilot.post("/api/v1/pilots/match", json={"pilot_id": pilot_id, "wait_seconds": 2.5})
+    assert answer.status_code == 204, answer.text  # no work: after the whole wait, not a closed connection at 1 s
+    assert time.perf_counter() - started >= 2.4
+    port = int(server.url.rsplit(":", 1)[1])
+    body = f'{{"pilot_id": "{pilot_id}", "wait_seconds": 2}}'.encode()
+    with socket.create_connection(("127.0.0.1", port)) as raw:  # head and body in one write: one read for both
+        raw.sendall(b"POST /api/v1/pilots/match HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Authorization: " + pilot.headers["Authorization"].encode() + b"\r\n"
+                    b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+        raw.settimeout(10)
+        assert raw.recv(4096).startswith(b"HTTP/1.1 204")
+
+
 def test_an_oversized_request_head_gets_431_and_the_connection_is_closed(server: RunningServer) -> None:
     port = int(server.url.rsplit(":", 1)[1])
     one_big = b"X-Pad: " + b"x" * 20_000 + b"\r\n"

@@ -43,7 +43,7 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
             return
         if self._head_bytes > self.max_header_bytes:  # the parser has not seen the head's end in all of it
             self._refuse_head()
-        else:
+        elif self._head_bytes:  # part of a head came: its end is due. Not after a whole request (see below)
             self._arm()
 
     def on_headers_complete(self) -> None:
@@ -64,7 +64,10 @@ class HeadTimeoutProtocol(HttpToolsProtocol):
         if self._refused:
             return
         super().on_message_complete()
-        self._in_head, self._head_bytes = True, 0  # the next bytes start the next request's head
+        # The next bytes start the next request's head; until they come, the connection is idle or its request is
+        # being served (a long poll, a large submission): uvicorn's keep-alive timeout applies once answered, and
+        # no head timer may run meanwhile (one did, and cut every long poll longer than the head timeout).
+        self._in_head, self._head_bytes = True, 0
 
     def shutdown(self) -> None:
         drain = self.app_state.get(DRAIN_STATE_KEY)

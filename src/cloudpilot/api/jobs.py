@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cloudpilot.api.bulk import run_bulk
-from cloudpilot.api.deps import PrincipalDep, ServicesDep, caller, store_call
+from cloudpilot.api.deps import PrincipalDep, ServicesDep, caller, get_services, store_call
 from cloudpilot.api.errors import validation_error
 from cloudpilot.api.guard import BAD_TEXT, bad_text_field
 from cloudpilot.api.params import MAX_ID, AfterId, JobId
@@ -20,7 +20,6 @@ from cloudpilot.api.uploads import receive_sandbox
 from cloudpilot.domain.auth import Role
 from cloudpilot.domain.jobs import JobSpec, JobState, ParametricSpec, expand_parametric
 from cloudpilot.services.auth import require
-from cloudpilot.services.container import Services
 from cloudpilot.services.errors import BadInput, TooMany
 
 router = APIRouter(prefix="/api/v1", tags=["jobs"])
@@ -92,7 +91,7 @@ class _Indexed(Exception):
 async def submit(request: Request) -> Response:
     # Called for every job a user sends: no dependency injection (a fifth of the route's CPU), as the pilots'
     # hot calls; the token is checked the same way.
-    services: Services = request.app.state.services
+    services = get_services(request)
     principal = caller(request)
     require(principal, Role.USER)
     body = await request.body()

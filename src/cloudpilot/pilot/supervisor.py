@@ -61,6 +61,7 @@ PID = struct.Struct("!i")  # the answer: the supervisor's pid, or -errno when it
 MAX_REQUEST = 64 * 1024 * 1024
 READY = b"r"  # a supervisor to its launcher: released by the pilot, it can take another payload
 MAX_IDLE = 64  # idle supervisors kept; one released beyond that ends
+NOT_STARTED = f"{127 << 8} 0 0\n".encode()  # the report of a payload that could not be started (exit code 127)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -198,7 +199,7 @@ def supervise(parent: int, report: int, request: dict) -> None:
                                request.get("groups", []), report)  # fmt: skip
     except OSError as exc:
         os.write(2, cannot_start(request["argv"][0], exc))
-        os.write(report, f"{127 << 8} 0 0\n".encode())
+        os.write(report, NOT_STARTED)
         return
     peak = peak_rss(leader)
     while True:
@@ -228,8 +229,9 @@ def released(parent: int, report: int) -> bool:
     return True
 
 
-def run_one(parent: int, request: dict, log_fd: int, report: int) -> None:
-    """One payload, in its directory with its log as stdout and stderr; back to an idle state after it."""
+def run_one(parent: int, request: dict, log_fd: int, report: int, null: int) -> None:
+    """One payload, in its directory with its log as stdout and stderr; back to an idle state after it (``null``:
+    this supervisor's descriptor of ``/dev/null``)."""
     try:
         os.dup2(log_fd, 1)
         os.dup2(log_fd, 2)
@@ -238,13 +240,11 @@ def run_one(parent: int, request: dict, log_fd: int, report: int) -> None:
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.write(2, f"cloudpilot: cannot supervise the payload: {exc}\n".encode())
-            os.write(report, f"{127 << 8} 0 0\n".encode())
+            os.write(report, NOT_STARTED)
     else:
         supervise(parent, report, request)
-    null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 1)  # the job's log is not held open between payloads
     os.dup2(null, 2)
-    os.close(null)
     os.chdir("/")
 
 
@@ -257,10 +257,9 @@ def serve_payloads(parent: int, sock: socket.socket) -> None:
     prctl(PR_SET_CHILD_SUBREAPER, 1)
     if os.getppid() != parent:  # the launcher died before the line above
         os._exit(137)
-    null = os.open(os.devnull, os.O_RDWR)
+    null = os.open(os.devnull, os.O_RDWR)  # kept: between payloads, stdout and stderr go back to it
     for fd in (0, 1, 2):
         os.dup2(null, fd)
-    os.close(null)
     while True:
         received = receive(sock)
         if received is None:
@@ -269,7 +268,7 @@ def serve_payloads(parent: int, sock: socket.socket) -> None:
         if len(fds) != 2:
             os._exit(127)
         log_fd, report = fds
-        run_one(parent, json.loads(body), log_fd, report)
+        run_one(parent, json.loads(body), log_fd, report, null)
         free = released(parent, report)
         os.close(report)
         if not free:

@@ -91,9 +91,8 @@ class JobRepository:
                 for spec, tq_id in zip(specs, tq_ids, strict=True)
             ]
             ids = self._insert_jobs(conn, rows)
-            if len(ids) == 1:  # the usual submission: a statement compiled once, as a job's every later move
-                event = {"job_id": ids[0], "at": now, "from_state": None, "to_state": JobState.WAITING.value}
-                self.db.statements("job_event", job_event_insert).run(conn, {**event, "reason": "submitted"})
+            if len(ids) == 1:  # the usual submission: its history row as a job's every later move writes it
+                self._history(conn, ids[0], now, None, JobState.WAITING, "submitted")
                 return ids, classes
             # One statement writes every history row; the ids are a contiguous run on SQLite (one writer)
             # and an explicit array on PostgreSQL (concurrent submissions may interleave the sequence).
@@ -507,12 +506,19 @@ class JobRepository:
         stmt = self.db.statements(("move", columns), lambda: _move_statement(columns))
         if stmt.run(conn, {**{f"v_{c}": v for c, v in values.items()}, "job": job.id, "from": job.state.value}) != 1:
             raise Conflict(f"job {job.id} changed state while being moved to {target.value}")
-        event = {"job_id": job.id, "at": now, "from_state": job.state.value, "to_state": target.value, "reason": reason}
-        self.db.statements("job_event", job_event_insert).run(conn, event)
+        self._history(conn, job.id, now, job.state, target, reason)
         moved = job.model_copy(update={**values, "state": target})
         if target.is_final:
             self._record_job_end(conn, moved, now)
         return moved
+
+    def _history(
+        self, conn: Connection, job_id: int, at: float, source: JobState | None, target: JobState, reason: str
+    ) -> None:
+        """A job's history row: its move from ``source`` (``None``: submitted) to ``target``, and why."""
+        event = {"job_id": job_id, "at": at, "from_state": None if source is None else source.value,
+                 "to_state": target.value}  # fmt: skip
+        self.db.statements("job_event", job_event_insert).run(conn, {**event, "reason": reason})
 
     def _record_job_end(self, conn: Connection, job: Job, now: float) -> None:
         """The job's accounting record, in the transaction that makes it final (so it is never lost)."""

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Response
 from starlette.concurrency import run_in_threadpool
@@ -167,6 +168,7 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
     app.include_router(images.router)
     app.include_router(metrics_router)
     install_web_pages(app)  # /ui/: the dashboard (cloudpilot.web, docs/dashboard.md)
+    _describe_submission(app)
 
     @app.get("/api/v1/health", tags=["server"], summary="Liveness and version")
     def health() -> Response:
@@ -174,3 +176,20 @@ def create_app(services: Services, run_loops: bool = True) -> FastAPI:
         return json_response({"status": "ok", "version": __version__, "leader": services.leadership.leading})
 
     return app
+
+
+def _describe_submission(app: FastAPI) -> None:
+    """Adds the schemas ``POST /jobs``'s body refers to (it reads the raw body, so FastAPI does not know them)
+    to the OpenAPI description, once, when it is first built."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            named = build().setdefault("components", {}).setdefault("schemas", {})
+            clash = [name for name, schema in jobs.SUBMISSION_SCHEMAS.items() if named.get(name, schema) != schema]
+            if clash:  # two different models of one name: a client would read the wrong one
+                raise RuntimeError(f"OpenAPI schemas named twice: {', '.join(clash)}")
+            named.update(jobs.SUBMISSION_SCHEMAS)
+        return app.openapi_schema  # type: ignore[return-value]
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -13,7 +13,7 @@ from cloudpilot.domain.errors import StaleLease
 from cloudpilot.domain.jobs import JobSpec, JobState
 from cloudpilot.store.database import Database
 from cloudpilot.store.errors import Conflict, NotFound
-from cloudpilot.store.jobs import JobRepository
+from cloudpilot.store.jobs import COUNTED_TOGETHER, JobRepository
 from cloudpilot.store.migrations import LATEST, current_version, upgrade
 from cloudpilot.store.tokens import TokenRepository
 
@@ -192,9 +192,30 @@ def test_a_vm_token_carries_its_vm(db: Database) -> None:
 def test_waiting_counts_per_task_queue_exact_or_capped(db: Database) -> None:
     repo = JobRepository(db)
     repo.submit("lhcb", "alice", [spec()] * 7 + [spec(requirements={"cores": 2})] * 3, NOW, WALL)
-    exact = sorted(n for _, n in repo.waiting_per_task_queue())
+    exact = sorted(n for _, n, _ in repo.waiting_per_task_queue())
     assert exact == [3, 7]
-    assert sorted(n for _, n in repo.waiting_per_task_queue(cap=5)) == [3, 5]
+    assert sorted(n for _, n, _ in repo.waiting_per_task_queue(cap=5)) == [3, 5]
+
+
+def test_waiting_classes_many_small_and_one_large(db: Database) -> None:
+    # Many classes are read in one statement; one with more jobs than that statement counts is counted alone,
+    # up to the caller's cap. Each says when its first waiting job in claim order was submitted.
+    repo = JobRepository(db)
+    small = [spec(requirements={"tags": [f"t{i}"]}) for i in range(200)]
+    repo.submit("lhcb", "alice", small, NOW, WALL)
+    large = repo.submit("lhcb", "bob", [spec(requirements={"cores": 4})] * (COUNTED_TOGETHER + 36), NOW + 1, WALL)
+    repo.submit("lhcb", "bob", [spec(requirements={"cores": 4})], NOW + 2, WALL)
+    repo.kill(large[0], NOW + 3, "gone")
+
+    def counts(cap: object) -> dict[tuple[int, frozenset[str]], tuple[int, float]]:
+        return {(c.task_queue.cores, c.task_queue.tags): (c.waiting, c.since) for c in repo.waiting_per_task_queue(cap)}
+
+    exact = counts(None)
+    assert len(exact) == 201 and exact[(1, frozenset({"t7"}))] == (1, NOW)
+    assert exact[(4, frozenset())] == (COUNTED_TOGETHER + 36, NOW + 1)
+    assert counts(COUNTED_TOGETHER + 20)[(4, frozenset())][0] == COUNTED_TOGETHER + 20
+    assert counts(10)[(4, frozenset())][0] == 10 and counts(10)[(1, frozenset({"t7"}))][0] == 1
+    assert counts(lambda tq: 1000 if tq.cores == 4 else 1)[(4, frozenset())][0] == COUNTED_TOGETHER + 36
 
 
 def test_a_sandbox_held_in_the_database_keeps_its_bytes_exactly(db: Database) -> None:

@@ -133,9 +133,8 @@ class Provisioner:
 
     def snapshot(self, now: float) -> ProvisioningSnapshot:
         waiting = self.jobs.waiting_per_task_queue(cap=self._placeable_jobs())
-        since = self.jobs.waiting_since(tq.id for tq, _ in waiting)
-        work = tuple(WorkClass.of(tq, n, since.get(tq.id)) for tq, n in waiting)
-        self._tq_ids = [tq.id for tq, _ in waiting]
+        work = tuple(WorkClass.of(tq, n, since) for tq, n, since in waiting)
+        self._tq_ids = [tq.id for tq, _, _ in waiting]
         images = self._cloud_images(now)
         live = self.vms.list(states={s for s in VMState if not s.is_final})
         busy = self.jobs.active_cores_by_vm()

@@ -24,6 +24,7 @@ REFUSED = [
     [{"executable": "/bin/echo", "priority": "high"}],
     {"job": {"executable": "/bin/echo"}},  # parametric without its count
     "/bin/echo",
+    [],  # no job
 ]
 
 

@@ -94,7 +94,7 @@ def _submission_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
     parametric = ParametricSpec.model_json_schema(ref_template=ref)
     named = {**parametric.pop("$defs"), "ParametricSpec": parametric}
     job = {"$ref": ref.format(model="JobSpec")}
-    jobs = {"type": "array", "items": job, "description": "At most jobs.max_per_request jobs."}
+    jobs = {"type": "array", "items": job, "minItems": 1, "description": "At most jobs.max_per_request jobs."}
     body = {"oneOf": [job, jobs, {"$ref": ref.format(model="ParametricSpec")}]}
     return body, named
 

@@ -185,3 +185,31 @@ def test_yaml_aliases_are_refused(user: httpx.Client) -> None:
     body = b"- &j {executable: /bin/true, arguments: [a, b]}\n- *j\n"
     r = user.post("/api/v1/jobs", content=body, headers={"content-type": "application/yaml"})
     assert "aliases" in error(r, 422)["message"]
+
+
+def test_a_user_cannot_spread_waiting_jobs_over_more_classes_than_allowed(
+    make_server: ServerFactory, db_url: str
+) -> None:
+    # Each requirement class costs every provisioning cycle: one parametric job with {n} in a tag made 100,000.
+    server = make_server(
+        ServerConfig.model_validate({"database_url": db_url, "jobs": {"max_waiting_classes_per_user": 3}})
+    )
+    alice = server.client(server.token(Role.USER, "alice", vo="lhcb"))
+    bob = server.client(server.token(Role.USER, "bob", vo="lhcb"))
+
+    def job(tag: str) -> dict:
+        return {"executable": "/bin/true", "requirements": {"tags": [tag]}}
+
+    first = alice.post("/api/v1/jobs", json=[job("a"), job("b"), job("c"), job("a")])
+    assert first.status_code == 201
+    for refused in (job("d"), {"job": job("t{n}"), "parameter_count": 100}, [job("a"), job("e")]):
+        r = alice.post("/api/v1/jobs", json=refused)
+        assert r.status_code == 409, r.text
+        error = r.json()["error"]
+        assert error["code"] == "too_many_classes" and "jobs.max_waiting_classes_per_user" in error["message"]
+    assert alice.post("/api/v1/jobs", json=job("b")).status_code == 201  # a class already waiting: no new one
+    assert [j["state"] for j in alice.get("/api/v1/jobs").json()["jobs"]] == ["waiting"] * 5  # nothing else stored
+    assert bob.post("/api/v1/jobs", json=[job("x"), job("y"), job("z")]).status_code == 201  # per user
+    killed = alice.post(f"/api/v1/jobs/{first.json()['ids'][2]}/kill")  # class c no longer waits
+    assert killed.status_code == 200, killed.text
+    assert alice.post("/api/v1/jobs", json=job("d")).status_code == 201

@@ -13,6 +13,7 @@ from cloudpilot.domain.errors import IllegalTransition, InvalidJobSpec, StaleLea
 from cloudpilot.services.errors import BadInput, Forbidden, TooMany, Unauthenticated
 from cloudpilot.storage.base import StorageError, StorageUnavailable, TooLarge
 from cloudpilot.store.errors import Conflict, NotFound
+from cloudpilot.store.jobs import TooManyClasses
 
 
 def field_of(loc: tuple[int | str, ...] | list[int | str], prefix: str = "") -> str | None:
@@ -47,6 +48,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, handler(404, "not_found"))
     app.add_exception_handler(StaleLease, handler(409, "lease_conflict"))
     app.add_exception_handler(Conflict, handler(409, "conflict"))
+    app.add_exception_handler(TooManyClasses, handler(409, "too_many_classes"))
     app.add_exception_handler(IllegalTransition, handler(409, "conflict"))
     app.add_exception_handler(TooLarge, handler(413, "too_large"))
     app.add_exception_handler(TooMany, handler(413, "too_large"))

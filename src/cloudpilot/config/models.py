@@ -48,6 +48,11 @@ class FairShareConfig(_Section):
 class JobsConfig(_Section):
     default_wall_seconds: int = Field(86400, ge=1, description="Wall-time limit of jobs that give none.")
     max_per_request: int = Field(100_000, ge=1, description="Most jobs one submission may create.")
+    max_waiting_classes_per_user: int = Field(
+        1000,
+        ge=1,
+        description="Most requirement classes a user's waiting jobs may be in (each costs every provisioning cycle).",
+    )
 
 
 class MetricsConfig(_Section):

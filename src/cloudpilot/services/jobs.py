@@ -52,8 +52,14 @@ class JobService:
             i, sandbox = missing
             where = f"[{i}].input_sandbox" if len(specs) > 1 else "input_sandbox"
             raise BadInput(f"{where}: sandbox {sandbox} was never uploaded (POST /api/v1/sandboxes)", where)
+        jobs_config = self.config.jobs
         ids, classes = self.jobs.submit_into_classes(
-            principal.vo, principal.name, specs, now, self.config.jobs.default_wall_seconds
+            principal.vo,
+            principal.name,
+            specs,
+            now,
+            jobs_config.default_wall_seconds,
+            jobs_config.max_waiting_classes_per_user,
         )
         metrics.JOBS_SUBMITTED.labels(principal.vo).inc(len(ids))
         what = f"job {ids[0]}" if len(ids) == 1 else f"{len(ids)} jobs {ids[0]}..{ids[-1]}"

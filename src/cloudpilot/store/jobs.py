@@ -16,6 +16,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
+    Select,
     and_,
     any_,
     bindparam,
@@ -49,6 +50,26 @@ class Requeued:
     job_id: int
     new_state: JobState
     reason: str
+
+
+class TooManyClasses(Conflict):
+    """A submission would leave a user's jobs waiting in more requirement classes than allowed: each class costs
+    the provisioner and the matcher work in every cycle, whoever owns it."""
+
+    def __init__(self, owner: str, classes: int, limit: int) -> None:
+        super().__init__(
+            f"{owner}'s waiting jobs would be in {classes} requirement classes (distinct cores, memory, wall time, "
+            f"tags, sites, image and priority); the limit is {limit} (jobs.max_waiting_classes_per_user): give "
+            "jobs fewer distinct requirements, or submit more once some have run"
+        )
+
+
+def _owner_waiting_classes() -> Select[Any]:
+    # Per class of the owner, one probe for a waiting job (a subquery with LIMIT, which PostgreSQL runs as such
+    # whatever its statistics; as EXISTS it chose, on a young database, to walk every waiting job per class).
+    of_owner = and_(task_queues.c.vo == bindparam("vo"), task_queues.c.owner == bindparam("owner"))
+    has_waiting = select(jobs.c.id).where(_of_the_class).limit(1).scalar_subquery().is_not(None)
+    return select(func.count().label("n")).where(of_owner, has_waiting)
 
 
 class WaitingClass(NamedTuple):
@@ -96,14 +117,23 @@ class JobRepository:
         return self.submit_into_classes(vo, owner, specs, now, default_wall_seconds)[0]
 
     def submit_into_classes(
-        self, vo: str, owner: str, specs: Sequence[JobSpec], now: float, default_wall_seconds: int
+        self,
+        vo: str,
+        owner: str,
+        specs: Sequence[JobSpec],
+        now: float,
+        default_wall_seconds: int,
+        max_classes: int | None = None,
     ) -> tuple[list[int], list[TaskQueue]]:
         """:meth:`submit`, which also returns the task queues the jobs went into (the matcher adds them to its
-        snapshot instead of reloading it)."""
+        snapshot instead of reloading it). With ``max_classes``, the owner's jobs may not then wait in more
+        classes than that (:class:`TooManyClasses`, and nothing is stored)."""
         if not specs:
             return [], []
         with self.db.write() as conn:
             tq_ids, classes = self._task_queue_ids(conn, vo, owner, specs, now, default_wall_seconds)
+            if max_classes is not None and len(classes) > max_classes:  # before writing a job
+                raise TooManyClasses(owner, len(classes), max_classes)
             rows = [
                 {
                     "tq_id": tq_id,
@@ -125,6 +155,12 @@ class JobRepository:
                 for spec, tq_id in zip(specs, tq_ids, strict=True)
             ]
             ids = self._insert_jobs(conn, rows)
+            if max_classes is not None:  # counted with these jobs in: concurrent submissions cannot both pass
+                waiting = self.db.statements("owner_waiting_classes", _owner_waiting_classes)
+                found = waiting.first(conn, {"vo": vo, "owner": owner})
+                assert found is not None
+                if found["n"] > max_classes:
+                    raise TooManyClasses(owner, found["n"], max_classes)
             if len(ids) == 1:  # the usual submission: its history row as a job's every later move writes it
                 self._history(conn, ids[0], now, None, JobState.WAITING, "submitted")
                 return ids, classes

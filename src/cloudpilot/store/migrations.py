@@ -103,6 +103,10 @@ def _sandbox_content(conn: Connection) -> None:
     _add_column(conn, "sandboxes", "content", "BYTEA" if conn.dialect.name == "postgresql" else "BLOB")
 
 
+def _owner_classes(conn: Connection) -> None:
+    schema.ix_task_queues_owner.create(conn, checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (1, "initial task queue, jobs, tokens, pilots, usage, sandboxes", _initial),
     (2, "VMs and their history; tokens and pilots bound to a VM", _vms),
@@ -114,6 +118,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (8, "the latest tail of each job's job.log, sent with its pilot's heartbeats", _job_log_tails),
     (9, "leadership: the epoch of the server that runs the loops (fences a deposed leader's writes)", _leadership),
     (10, "small sandboxes' bytes in the database (outputs inline with a final report)", _sandbox_content),
+    (11, "task queues by VO and owner: a user's waiting classes counted at each submission", _owner_classes),
 ]
 
 LATEST = max(version for version, _, _ in MIGRATIONS)  # steps may be added out of order

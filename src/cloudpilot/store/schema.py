@@ -99,6 +99,8 @@ jobs = Table(
     Column("events_done", Integer, nullable=False, default=0, server_default="0"),
 )
 # The claim walks this index: first waiting job of a task queue in submission order.
+# A user's classes, counted at each submission against jobs.max_waiting_classes_per_user (migration 11).
+ix_task_queues_owner = Index("ix_task_queues_owner", task_queues.c.vo, task_queues.c.owner)
 Index("ix_jobs_tq_state_id", jobs.c.tq_id, jobs.c.state, jobs.c.id)
 Index("ix_jobs_state_lease", jobs.c.state, jobs.c.lease_expires_at)
 Index("ix_jobs_owner_state", jobs.c.vo, jobs.c.owner, jobs.c.state)

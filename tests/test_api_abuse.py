@@ -4,6 +4,7 @@ SQLite and PostgreSQL (docs/rest-api.md, "Limits")."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Any
 
@@ -213,3 +214,29 @@ def test_a_user_cannot_spread_waiting_jobs_over_more_classes_than_allowed(
     killed = alice.post(f"/api/v1/jobs/{first.json()['ids'][2]}/kill")  # class c no longer waits
     assert killed.status_code == 200, killed.text
     assert alice.post("/api/v1/jobs", json=job("d")).status_code == 201
+
+
+def test_concurrent_submissions_of_one_user_do_not_pass_the_class_limit_together(
+    make_server: ServerFactory, db_url: str
+) -> None:
+    # On SQLite one writer orders them; on PostgreSQL each counts with its own jobs in, and would not see the
+    # others' uncommitted ones unless they are ordered too.
+    config = {"database_url": db_url, "jobs": {"max_waiting_classes_per_user": 4}}
+    server = make_server(ServerConfig.model_validate(config))
+    token = server.token(Role.USER, "alice", vo="lhcb")
+    start = threading.Barrier(12)
+    answers: list[int] = []
+
+    def submit(i: int) -> None:
+        with server.client(token) as alice:
+            start.wait()
+            job = {"executable": "/bin/true", "requirements": {"tags": [f"c{i}"]}}
+            answers.append(alice.post("/api/v1/jobs", json=job).status_code)
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(answers) == [201] * 4 + [409] * 8
+    assert len(server.client(token).get("/api/v1/jobs").json()["jobs"]) == 4

@@ -64,6 +64,11 @@ class TooManyClasses(Conflict):
         )
 
 
+# First key of the PostgreSQL advisory lock a submission holds while it counts its owner's classes (the second:
+# a hash of VO and owner). Two-key advisory locks never meet the one-key ones of leadership and migrations.
+CLASS_COUNT_LOCK = int.from_bytes(b"cpcl", "big", signed=True)
+
+
 def _owner_waiting_classes() -> Select[Any]:
     # Per class of the owner, one probe for a waiting job (a subquery with LIMIT, which PostgreSQL runs as such
     # whatever its statistics; as EXISTS it chose, on a young database, to walk every waiting job per class).
@@ -155,7 +160,11 @@ class JobRepository:
                 for spec, tq_id in zip(specs, tq_ids, strict=True)
             ]
             ids = self._insert_jobs(conn, rows)
-            if max_classes is not None:  # counted with these jobs in: concurrent submissions cannot both pass
+            if max_classes is not None:  # counted with these jobs in
+                if self.db.is_postgres:  # one of the owner's submissions at a time from here: none misses another's
+                    conn.exec_driver_sql(
+                        "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CLASS_COUNT_LOCK, f"{vo}/{owner}")
+                    )
                 waiting = self.db.statements("owner_waiting_classes", _owner_waiting_classes)
                 found = waiting.first(conn, {"vo": vo, "owner": owner})
                 assert found is not None

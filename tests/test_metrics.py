@@ -76,6 +76,7 @@ def test_jobs_matches_leases_pilots_and_requests_are_counted(make_server: Server
     assert at(after, "cloudpilot_jobs", vo="atlas", state="waiting") == 2
     assert at(after, "cloudpilot_jobs", vo="atlas", state="matched") == 1
     assert at(after, "cloudpilot_jobs", vo="atlas", state="done") == 0  # every state is there, zeros too
+    assert at(after, "cloudpilot_waiting_classes", vo="atlas") == 1  # three jobs of one class
     assert at(after, "cloudpilot_pilots_active", vo="atlas") == 1  # a hand-started pilot holding a job
 
     def delta(name: str, **labels: str) -> float:

@@ -31,6 +31,7 @@ class StoreGauges(Collector):
 
     def collect(self) -> Iterable[Metric]:
         yield self._jobs()
+        yield self._waiting_classes()
         yield self._vms()
         yield self._pilots()
         yield self._backoff()
@@ -42,6 +43,18 @@ class StoreGauges(Collector):
         for vo in sorted({vo for vo, _ in counts} | set(self.config.vos)):
             for state in JobState:
                 family.add_metric([vo, state.value], counts.get((vo, state.value), 0))
+        return family
+
+    def _waiting_classes(self) -> Metric:
+        family = GaugeMetricFamily(
+            "cloudpilot_waiting_classes",
+            "Requirement classes with waiting jobs, by VO: each costs every provisioning cycle "
+            "(a user may have jobs.max_waiting_classes_per_user).",
+            labels=["vo"],
+        )
+        counts = self.stats.waiting_classes_by_vo()
+        for vo in sorted(set(counts) | set(self.config.vos)):
+            family.add_metric([vo], counts.get(vo, 0))
         return family
 
     def _vms(self) -> Metric:

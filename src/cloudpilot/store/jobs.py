@@ -73,7 +73,7 @@ def _owner_waiting_classes() -> Select[Any]:
     # Per class of the owner, one probe for a waiting job (a subquery with LIMIT, which PostgreSQL runs as such
     # whatever its statistics; as EXISTS it chose, on a young database, to walk every waiting job per class).
     of_owner = and_(task_queues.c.vo == bindparam("vo"), task_queues.c.owner == bindparam("owner"))
-    has_waiting = select(jobs.c.id).where(_of_the_class).limit(1).scalar_subquery().is_not(None)
+    has_waiting = select(jobs.c.id).where(WAITING_IN_CLASS).limit(1).scalar_subquery().is_not(None)
     return select(func.count().label("n")).where(of_owner, has_waiting)
 
 
@@ -86,8 +86,9 @@ class WaitingClass(NamedTuple):
 
 
 COUNTED_TOGETHER = 64  # waiting jobs of every class counted in one statement; a class with more, on its own
-_of_the_class = and_(jobs.c.tq_id == task_queues.c.id, jobs.c.state == JobState.WAITING.value)
-_claim_order = select(jobs.c.id).where(_of_the_class).order_by(jobs.c.id)
+# A waiting job of the task queue of the enclosing statement.
+WAITING_IN_CLASS = and_(jobs.c.tq_id == task_queues.c.id, jobs.c.state == JobState.WAITING.value)
+_claim_order = select(jobs.c.id).where(WAITING_IN_CLASS).order_by(jobs.c.id)
 # Each class costs a few index probes: its first waiting job, whether it has more than COUNTED_TOGETHER (the one
 # past them), and only if not, how many.
 _WAITING_CLASSES = (
@@ -95,11 +96,16 @@ _WAITING_CLASSES = (
         task_queues,
         case(
             (_claim_order.offset(COUNTED_TOGETHER).limit(1).scalar_subquery().is_not(None), COUNTED_TOGETHER + 1),
-            else_=select(func.count()).where(_of_the_class).scalar_subquery(),
+            else_=select(func.count()).where(WAITING_IN_CLASS).scalar_subquery(),
         ).label("n"),
-        select(jobs.c.submitted_at).where(_of_the_class).order_by(jobs.c.id).limit(1).scalar_subquery().label("since"),
+        select(jobs.c.submitted_at)
+        .where(WAITING_IN_CLASS)
+        .order_by(jobs.c.id)
+        .limit(1)
+        .scalar_subquery()
+        .label("since"),
     )
-    .where(exists().where(_of_the_class))
+    .where(exists().where(WAITING_IN_CLASS))
     .order_by(task_queues.c.id)
 )
 

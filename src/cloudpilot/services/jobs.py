@@ -94,7 +94,8 @@ class JobService:
     def resubmit(self, principal: Principal, job_ids: Sequence[int], now: float) -> list[int]:
         """New waiting jobs from the stored specs of final jobs (input sandbox included), in the order given (an id
         given twice counts once); each belongs to its original's owner. Nothing is submitted unless every id can
-        be resubmitted."""
+        be resubmitted, but for one limit checked as each owner's jobs are stored (an admin's may belong to
+        several): an owner over jobs.max_waiting_classes_per_user is refused after the owners before it."""
         if not job_ids:
             raise BadInput("no job to resubmit", "ids")
         originals = [self.get(principal, job_id) for job_id in dict.fromkeys(job_ids)]

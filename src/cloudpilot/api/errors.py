@@ -12,8 +12,7 @@ from cloudpilot.api.responses import error_body, json_response
 from cloudpilot.domain.errors import IllegalTransition, InvalidJobSpec, StaleLease
 from cloudpilot.services.errors import BadInput, Forbidden, TooMany, Unauthenticated
 from cloudpilot.storage.base import StorageError, StorageUnavailable, TooLarge
-from cloudpilot.store.errors import Conflict, NotFound
-from cloudpilot.store.jobs import TooManyClasses
+from cloudpilot.store.errors import Conflict, NotFound, TooManyClasses
 
 
 def field_of(loc: tuple[int | str, ...] | list[int | str], prefix: str = "") -> str | None:

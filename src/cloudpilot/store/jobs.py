@@ -16,12 +16,10 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Float,
-    Select,
     and_,
     any_,
     bindparam,
     case,
-    exists,
     func,
     insert,
     literal,
@@ -36,7 +34,7 @@ from cloudpilot.domain.matching import TaskQueue, task_queue_key
 from cloudpilot.domain.usage import decayed
 from cloudpilot.store.claim import Claimer
 from cloudpilot.store.database import Database
-from cloudpilot.store.errors import Conflict, NotFound
+from cloudpilot.store.errors import Conflict, NotFound, TooManyClasses
 from cloudpilot.store.rows import event_from_row, job_from_row, task_queue_from_row
 from cloudpilot.store.sandboxes import StoredSandbox, record_sandbox
 from cloudpilot.store.schema import event_chunks, job_events, job_usage, jobs, pilots, task_queues, usage
@@ -52,29 +50,9 @@ class Requeued:
     reason: str
 
 
-class TooManyClasses(Conflict):
-    """A submission would leave a user's jobs waiting in more requirement classes than allowed: each class costs
-    the provisioner and the matcher work in every cycle, whoever owns it."""
-
-    def __init__(self, owner: str, classes: int, limit: int) -> None:
-        super().__init__(
-            f"{owner}'s waiting jobs would be in {classes} requirement classes (distinct cores, memory, wall time, "
-            f"tags, sites, image and priority); the limit is {limit} (jobs.max_waiting_classes_per_user): give "
-            "jobs fewer distinct requirements, or submit more once some have run"
-        )
-
-
 # First key of the PostgreSQL advisory lock a submission holds while it counts its owner's classes (the second:
 # a hash of VO and owner). Two-key advisory locks never meet the one-key ones of leadership and migrations.
 CLASS_COUNT_LOCK = int.from_bytes(b"cpcl", "big", signed=True)
-
-
-def _owner_waiting_classes() -> Select[Any]:
-    # Per class of the owner, one probe for a waiting job (a subquery with LIMIT, which PostgreSQL runs as such
-    # whatever its statistics; as EXISTS it chose, on a young database, to walk every waiting job per class).
-    of_owner = and_(task_queues.c.vo == bindparam("vo"), task_queues.c.owner == bindparam("owner"))
-    has_waiting = select(jobs.c.id).where(WAITING_IN_CLASS).limit(1).scalar_subquery().is_not(None)
-    return select(func.count().label("n")).where(of_owner, has_waiting)
 
 
 class WaitingClass(NamedTuple):
@@ -85,10 +63,17 @@ class WaitingClass(NamedTuple):
     since: float  # when its first waiting job in claim order was submitted
 
 
+# The waiting jobs of the task queue of the enclosing statement, in claim order.
+_claim_order = (
+    select(jobs.c.id)
+    .where(jobs.c.tq_id == task_queues.c.id, jobs.c.state == JobState.WAITING.value)
+    .order_by(jobs.c.id)
+)
+# Whether that task queue has a waiting job: one index probe, as a subquery with LIMIT, which PostgreSQL runs as
+# written whatever its statistics (as EXISTS, on a young database, it walked every waiting job per class).
+HAS_WAITING = _claim_order.limit(1).scalar_subquery().is_not(None)
+
 COUNTED_TOGETHER = 64  # waiting jobs of every class counted in one statement; a class with more, on its own
-# A waiting job of the task queue of the enclosing statement.
-WAITING_IN_CLASS = and_(jobs.c.tq_id == task_queues.c.id, jobs.c.state == JobState.WAITING.value)
-_claim_order = select(jobs.c.id).where(WAITING_IN_CLASS).order_by(jobs.c.id)
 # Each class costs a few index probes: its first waiting job, whether it has more than COUNTED_TOGETHER (the one
 # past them), and only if not, how many.
 _WAITING_CLASSES = (
@@ -96,19 +81,17 @@ _WAITING_CLASSES = (
         task_queues,
         case(
             (_claim_order.offset(COUNTED_TOGETHER).limit(1).scalar_subquery().is_not(None), COUNTED_TOGETHER + 1),
-            else_=select(func.count()).where(WAITING_IN_CLASS).scalar_subquery(),
+            else_=_claim_order.with_only_columns(func.count()).order_by(None).scalar_subquery(),
         ).label("n"),
-        select(jobs.c.submitted_at)
-        .where(WAITING_IN_CLASS)
-        .order_by(jobs.c.id)
-        .limit(1)
-        .scalar_subquery()
-        .label("since"),
+        _claim_order.with_only_columns(jobs.c.submitted_at).limit(1).scalar_subquery().label("since"),
     )
-    .where(exists().where(WAITING_IN_CLASS))
+    .where(HAS_WAITING)
     .order_by(task_queues.c.id)
 )
-
+# The classes of one owner with waiting jobs, counted against jobs.max_waiting_classes_per_user.
+_OWNER_WAITING_CLASSES = select(func.count().label("n")).where(
+    task_queues.c.vo == bindparam("vo"), task_queues.c.owner == bindparam("owner"), HAS_WAITING
+)
 
 _one_class = select(literal(1)).where(jobs.c.tq_id == bindparam("tq"), jobs.c.state == JobState.WAITING.value)
 # One class's waiting jobs, all or up to :cap (one index walk).
@@ -171,7 +154,7 @@ class JobRepository:
                     conn.exec_driver_sql(
                         "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (CLASS_COUNT_LOCK, f"{vo}/{owner}")
                     )
-                waiting = self.db.statements("owner_waiting_classes", _owner_waiting_classes)
+                waiting = self.db.statements("owner_waiting_classes", lambda: _OWNER_WAITING_CLASSES)
                 found = waiting.first(conn, {"vo": vo, "owner": owner})
                 assert found is not None
                 if found["n"] > max_classes:
@@ -330,9 +313,8 @@ class JobRepository:
 
     def waiting_task_queues(self) -> list[TaskQueue]:
         """Task queues that hold at least one waiting job (an index probe per class, not a scan of jobs)."""
-        has_waiting = exists().where(and_(jobs.c.tq_id == task_queues.c.id, jobs.c.state == JobState.WAITING.value))
         with self.db.read() as conn:
-            rows = conn.execute(select(task_queues).where(has_waiting).order_by(task_queues.c.id)).mappings()
+            rows = conn.execute(select(task_queues).where(HAS_WAITING).order_by(task_queues.c.id)).mappings()
             return [task_queue_from_row(r) for r in rows]
 
     def running_cores(self) -> dict[tuple[str, str], int]:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from sqlalchemy import and_, exists, func, or_, select
+from sqlalchemy import and_, func, or_, select
 
 from cloudpilot.domain.jobs import ACTIVE_STATES
 from cloudpilot.domain.vms import VMState
 from cloudpilot.store.database import Database
-from cloudpilot.store.jobs import WAITING_IN_CLASS
+from cloudpilot.store.jobs import HAS_WAITING
 from cloudpilot.store.schema import jobs, pilots, task_queues, vms
 
 _ALIVE = (VMState.BOOTING.value, VMState.RUNNING.value, VMState.DRAINING.value)  # a pilot in it may work
@@ -29,7 +29,7 @@ class StatsRepository:
 
     def waiting_classes_by_vo(self) -> dict[str, int]:
         """VO -> requirement classes (task queues) with waiting jobs: what each provisioning cycle reads."""
-        stmt = select(task_queues.c.vo, func.count()).where(exists().where(WAITING_IN_CLASS)).group_by(task_queues.c.vo)
+        stmt = select(task_queues.c.vo, func.count()).where(HAS_WAITING).group_by(task_queues.c.vo)
         with self.db.read() as conn:
             return {vo: int(n) for vo, n in conn.execute(stmt).all()}
 
